@@ -1,0 +1,36 @@
+# make serve   install and run the daemon with the default model (facebook/musicgen-small)
+# make test    install everything the tests need and run them
+# make lint    ruff and mypy
+PYTHON ?= python3
+APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket
+
+.PHONY: install install-test system-deps serve test lint demo
+
+install:
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e .
+
+install-test:
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e '.[test]'
+
+# Real peers for the tests: liblo's oscsend/oscdump, JACK's dummy backend, PortAudio, Lua.
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	else echo "install these yourself: $(APT_PACKAGES)"; fi
+
+serve: install
+	musicgen-bridge serve
+
+demo: install
+	musicgen-bridge generate "dusty lofi keys" --bpm 92 --bars 4 --model tiny-random
+
+test: system-deps install-test
+	$(PYTHON) -m pytest -q
+
+lint: install-test
+	$(PYTHON) -m ruff check bridge tests $(wildcard benchmarks)
+	$(PYTHON) -m mypy

@@ -1,0 +1,240 @@
+"""Audio in and out: reading clips, resampling, channel matching, fades, crossfades, loudness, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge.errors import BadArgs, BadAudio, NotFound
+
+MAX_CLIP_SECONDS = 600.0
+FADE_SECONDS = 0.005
+PEAK_CEILING = 10 ** (-1.0 / 20)  # -1 dBFS
+LUFS_TARGET = -14.0
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A user's audio file, read: ``data`` is (channels, samples) float32."""
+
+    path: Path
+    data: np.ndarray
+    sample_rate: int
+    sha256: str
+
+    @property
+    def samples(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.sample_rate
+
+
+def read_clip(path: str | os.PathLike[str], max_seconds: float = MAX_CLIP_SECONDS) -> Clip:
+    """Read any file libsndfile can read; refuse what is not sane audio with the reason."""
+    import soundfile as sf  # noqa: PLC0415
+
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise NotFound(f"clip {p} does not exist: check the path (the daemon resolves it on its own machine)")
+    if not p.is_file():
+        raise BadAudio(f"clip {p} is not a file: give the path of an audio file")
+    try:
+        info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise BadAudio(f"clip {p} is not readable audio ({exc}): export it as WAV or FLAC") from None
+    if info.frames <= 0:
+        raise BadAudio(f"clip {p} is empty: it has no samples")
+    if info.frames / info.samplerate > max_seconds:
+        raise BadAudio(
+            f"clip {p} is {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit: "
+            "trim it to the part you want continued"
+        )
+    try:
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise BadAudio(f"clip {p} could not be decoded ({exc}): export it as WAV or FLAC") from None
+    if not np.isfinite(data).all():
+        raise BadAudio(f"clip {p} holds NaN or infinite samples: re-export it")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    return Clip(path=p.resolve(), data=np.ascontiguousarray(data.T), sample_rate=int(rate), sha256=digest)
+
+
+def resample(data: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:
+    """Band-limited polyphase resampling along the last axis (exact length ratio where possible)."""
+    if rate_from == rate_to:
+        return data
+    from scipy.signal import resample_poly  # noqa: PLC0415
+
+    ratio = Fraction(rate_to, rate_from)
+    out = resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def resampled_length(samples: int, rate_from: int, rate_to: int) -> int:
+    """Length scipy's ``resample_poly`` produces for ``samples`` samples."""
+    ratio = Fraction(rate_to, rate_from)
+    return math.ceil(samples * ratio.numerator / ratio.denominator)
+
+
+def match_channels(data: np.ndarray, channels: int) -> np.ndarray:
+    """Mix down to mono, or copy mono to both sides of a stereo pair."""
+    have = data.shape[0]
+    if have == channels:
+        return data
+    if channels == 1:
+        return data.mean(axis=0, keepdims=True)
+    if have == 1:
+        return np.repeat(data, channels, axis=0)
+    return data[:channels] if have > channels else np.concatenate([data, data[-1:]], axis=0)
+
+
+def fit_length(data: np.ndarray, samples: int) -> np.ndarray:
+    """Cut (or pad with silence) to exactly ``samples`` samples."""
+    have = data.shape[-1]
+    if have >= samples:
+        return data[..., :samples]
+    pad = np.zeros((*data.shape[:-1], samples - have), dtype=data.dtype)
+    return np.concatenate([data, pad], axis=-1)
+
+
+def fade_edges(data: np.ndarray, rate: int, head: bool = True, tail: bool = True,
+               seconds: float = FADE_SECONDS) -> np.ndarray:
+    """A few-millisecond raised-cosine fade on cut ends, so they do not click."""
+    n = min(int(rate * seconds), data.shape[-1] // 2)
+    if n < 2:
+        return data
+    out = data.copy()
+    ramp = (0.5 - 0.5 * np.cos(np.linspace(0.0, math.pi, n, dtype=np.float64))).astype(np.float32)
+    if head:
+        out[..., :n] *= ramp
+    if tail:
+        out[..., -n:] *= ramp[::-1]
+    return out
+
+
+def crossfade_into(before: np.ndarray, after: np.ndarray, overlap: int) -> np.ndarray:
+    """Blend the last ``overlap`` samples of ``before`` into ``after``'s first ones (equal power)."""
+    overlap = min(overlap, before.shape[-1], after.shape[-1])
+    if overlap <= 0:
+        return np.concatenate([before, after], axis=-1)
+    t = np.linspace(0.0, 1.0, overlap, dtype=np.float64)
+    fade_in = np.sin(t * math.pi / 2).astype(np.float32)
+    fade_out = np.cos(t * math.pi / 2).astype(np.float32)
+    mixed = before[..., -overlap:] * fade_out + after[..., :overlap] * fade_in
+    return np.concatenate([before[..., :-overlap], mixed, after[..., overlap:]], axis=-1)
+
+
+def _loudness_lufs(data: np.ndarray, rate: int) -> float:
+    """Integrated loudness after ITU-R BS.1770 K-weighting, with the -70 LUFS absolute gate."""
+    from scipy.signal import lfilter  # noqa: PLC0415
+
+    # K-weighting as two biquads, coefficients derived for the actual rate (pyloudnorm's formulas)
+    def shelf(g: float, q: float, fc: float) -> tuple[np.ndarray, np.ndarray]:
+        a = 10 ** (g / 40)
+        w0 = 2 * math.pi * fc / rate
+        alpha = math.sin(w0) / (2 * q)
+        cos = math.cos(w0)
+        b = np.array([a * ((a + 1) + (a - 1) * cos + 2 * math.sqrt(a) * alpha),
+                      -2 * a * ((a - 1) + (a + 1) * cos),
+                      a * ((a + 1) + (a - 1) * cos - 2 * math.sqrt(a) * alpha)])
+        den = np.array([(a + 1) - (a - 1) * cos + 2 * math.sqrt(a) * alpha,
+                        2 * ((a - 1) - (a + 1) * cos),
+                        (a + 1) - (a - 1) * cos - 2 * math.sqrt(a) * alpha])
+        return b / den[0], den / den[0]
+
+    def highpass(q: float, fc: float) -> tuple[np.ndarray, np.ndarray]:
+        w0 = 2 * math.pi * fc / rate
+        alpha = math.sin(w0) / (2 * q)
+        cos = math.cos(w0)
+        b = np.array([(1 + cos) / 2, -(1 + cos), (1 + cos) / 2])
+        den = np.array([1 + alpha, -2 * cos, 1 - alpha])
+        return b / den[0], den / den[0]
+
+    b1, a1 = shelf(4.0, 1 / math.sqrt(2), 1500.0)
+    b2, a2 = highpass(0.5, 38.0)
+    weighted = lfilter(b2, a2, lfilter(b1, a1, data.astype(np.float64), axis=-1), axis=-1)
+    block, step = int(0.4 * rate), int(0.1 * rate)
+    if weighted.shape[-1] < block:
+        power = float((weighted**2).mean(axis=-1).sum())
+        return -0.691 + 10 * math.log10(max(power, 1e-12))
+    powers = np.array([(weighted[..., s : s + block] ** 2).mean(axis=-1).sum()
+                       for s in range(0, weighted.shape[-1] - block + 1, step)])
+    gated = powers[powers > 10 ** ((-70 + 0.691) / 10)]
+    if gated.size == 0:
+        return -70.0
+    relative = -0.691 + 10 * math.log10(gated.mean()) - 10
+    gated = gated[-0.691 + 10 * np.log10(gated) > relative]
+    return -0.691 + 10 * math.log10(max(float(gated.mean()), 1e-12))
+
+
+def normalize(data: np.ndarray, rate: int, mode: str) -> np.ndarray:
+    """``off`` (only keeps it from clipping), ``peak`` (-1 dBFS) or ``lufs`` (-14 LUFS, peak-limited)."""
+    out = data.astype(np.float32, copy=True)
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if mode == "peak" and peak > 0:
+        out *= PEAK_CEILING / peak
+    elif mode == "lufs" and peak > 0:
+        gain = 10 ** ((LUFS_TARGET - _loudness_lufs(out, rate)) / 20)
+        out *= gain
+    elif mode not in ("off", "peak", "lufs"):
+        raise BadArgs(f"normalize must be off, peak or lufs, got {mode!r}")
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if peak > PEAK_CEILING:
+        out *= PEAK_CEILING / peak  # never clip, whatever the mode
+    return out
+
+
+def soft_limit(data: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
+    """Leave samples under ``ceiling`` untouched and bend the rest smoothly below 1.0.
+
+    Sample by sample, so streamed chunks get exactly what the whole piece would.
+    """
+    over = np.abs(data) > ceiling
+    if not over.any():
+        return data
+    out = data.copy()
+    headroom = 1.0 - ceiling
+    excess = np.abs(out[over]) - ceiling
+    out[over] = np.sign(out[over]) * (ceiling + headroom * np.tanh(excess / headroom))
+    return out
+
+
+def write_atomic(path: Path, data: np.ndarray, rate: int, fmt: str = "wav") -> Path:
+    """Write (channels, samples) audio under a temporary name in the same folder, then rename."""
+    import soundfile as sf  # noqa: PLC0415
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subtype = "FLOAT" if fmt == "wav" else "PCM_24"
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=f".{fmt}", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, np.ascontiguousarray(data.T), rate, subtype=subtype, format=fmt.upper())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,250 @@
+"""The client behind ``musicgen-bridge send``: one OSC message to the daemon, and optionally its answer.
+
+For DAW scripts that cannot open sockets. Arguments are typed the way ``oscsend`` users expect,
+by inference (``3`` int, ``2.5`` float, anything else text) or explicitly (``i:3``, ``f:2``,
+``s:3``). With ``wait`` the client binds a UDP port of its own, registers it with
+``/musicgen/notify``, sends the message, and waits: for a job, until its ``/musicgen/done`` (the
+paths are printed one per line) or ``/musicgen/fail`` (non-zero exit, the message on stderr); for
+anything else, until the first reply, printed as one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from bridge.errors import BadArgs
+from bridge.osc.transport import (
+    BadPacket,
+    FrameReader,
+    Message,
+    decode_packet,
+    detect_framing,
+    encode_message,
+    length_encode,
+)
+
+JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/preset")
+TIMEOUT_EXIT = 124  # as timeout(1)
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
+_TYPED = re.compile(r"^([ifhsd]):(.*)$", re.DOTALL)
+
+
+def parse_arg(text: str) -> Any:
+    """One command-line word to an OSC value: ``i:``/``h:`` int, ``f:``/``d:`` float, ``s:`` text, or inferred."""
+    typed = _TYPED.match(text)
+    if typed:
+        kind, value = typed.groups()
+        try:
+            if kind in "ih":
+                return int(value)
+            if kind in "fd":
+                return float(value)
+        except ValueError:
+            raise BadArgs(f"{text!r}: {value!r} is not a {'whole number' if kind in 'ih' else 'number'}") from None
+        return value
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+@dataclass
+class Outcome:
+    """What came back: an exit code, the lines for stdout, and a message for stderr."""
+
+    code: int
+    lines: list[str]
+    error: str = ""
+
+
+def _exit_code(fail_code: str) -> int:
+    from bridge.cli import EXIT_CODES  # noqa: PLC0415 - the CLI owns the table; it imports this module lazily
+
+    return EXIT_CODES.get(fail_code, 1)
+
+
+def _format(message: Message) -> str:
+    return " ".join([message.address, *(str(a) for a in message.args)])
+
+
+REPLY_ADDRESS = {"/musicgen/ping": "/musicgen/pong"}
+
+
+class _Matcher:
+    """Decides which reply answers the message we sent (every reply to this host reaches our port)."""
+
+    def __init__(self, address: str, args: Sequence[Any]) -> None:
+        self.address = address
+        self.job_id = str(args[0]) if address in JOB_ADDRESSES and args else None
+        self.cancel_id = str(args[0]) if address == "/musicgen/cancel" and args else None
+
+    def outcome(self, reply: Message) -> Outcome | None:
+        a = reply.args
+        if reply.address == "/musicgen/fail":
+            if len(a) < 4:
+                return None
+            if a[0] == self.address and (self.job_id is None or str(a[1]) == self.job_id):
+                return Outcome(_exit_code(str(a[2])), [], f"{a[2]}: {a[3]}")
+            if self.cancel_id is not None and a[2] == "cancelled" and self.cancel_id in ("*", str(a[1])):
+                return Outcome(0, [_format(reply)])
+            return None
+        if self.job_id is not None:
+            if reply.address == "/musicgen/done" and len(a) >= 4 and a[0] == self.address and str(a[1]) == self.job_id:
+                return Outcome(0, [str(a[2]), *(str(p) for p in a[4:])])
+            return None
+        if reply.address == REPLY_ADDRESS.get(self.address, self.address):
+            return Outcome(0, [_format(reply)])
+        return None
+
+
+def send(address: str, args: Sequence[Any], host: str = "127.0.0.1", port: int = 9000, *,
+         reply_port: int | None = None, wait: bool = False, timeout: float = 60.0, token: str | None = None,
+         tcp: bool = False, progress: TextIO | None = None) -> Outcome:
+    """Send one message; with ``wait``, wait up to ``timeout`` s for its answer (see the module doc)."""
+    if not address.startswith("/"):
+        raise BadArgs(f"an OSC address starts with '/', got {address!r} (e.g. /musicgen/ping)")
+    args = list(args)
+    if wait and address in JOB_ADDRESSES and args and args[0] == "":
+        args[0] = f"send-{os.getpid()}-{secrets.token_hex(3)}"  # to know which done is ours
+    extra = ["token", token] if token else []
+    if tcp:
+        return _send_tcp(address, [*args, *extra], host, port, wait, timeout, progress)
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if not wait:
+            sock.sendto(encode_message(address, [*args, *extra]), (host, port))
+            return Outcome(0, [])
+        loopback = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        sock.bind(("" if host not in ("127.0.0.1", "localhost", "::1") else loopback, reply_port or 0))
+        own_port = sock.getsockname()[1]
+        deadline = time.monotonic() + timeout
+        sock.sendto(encode_message("/musicgen/notify", [own_port, *extra]), (host, port))
+        registered = _wait_for(sock, deadline, lambda m: (m.address == "/musicgen/notify" and list(m.args) == [own_port])
+                               or (m.address == "/musicgen/fail" and bool(m.args) and m.args[0] == "/musicgen/notify"))
+        if registered is None:
+            return Outcome(TIMEOUT_EXIT, [], f"timeout: no answer from the bridge at {host}:{port} within "
+                                             f"{timeout:g} s: is it running (`musicgen-bridge serve`), and does it want a --token?")
+        if registered.address == "/musicgen/fail":
+            return Outcome(_exit_code(str(registered.args[2])), [], f"{registered.args[2]}: {registered.args[3]}")
+        try:
+            sock.sendto(encode_message(address, [*args, *extra]), (host, port))
+            matcher = _Matcher(address, args)
+            return _collect(lambda: _recv_udp(sock, deadline), matcher, timeout, progress)
+        finally:
+            sock.sendto(encode_message("/musicgen/unnotify", [own_port, *extra]), (host, port))
+
+
+def _recv_udp(sock: socket.socket, deadline: float) -> list[Message] | None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    sock.settimeout(left)
+    try:
+        data = sock.recv(65536)
+    except TimeoutError:
+        return None
+    return [m for m in decode_packet(data) if not isinstance(m, BadPacket)]
+
+
+def _wait_for(sock: socket.socket, deadline: float, wanted: Any) -> Message | None:
+    while True:
+        messages = _recv_udp(sock, deadline)
+        if messages is None:
+            return None
+        for message in messages:
+            if wanted(message):
+                return message
+
+
+def _collect(receive: Any, matcher: _Matcher, timeout: float, progress: TextIO | None) -> Outcome:
+    while True:
+        messages = receive()
+        if messages is None:
+            what = f"job {matcher.job_id}" if matcher.job_id else matcher.address
+            return Outcome(TIMEOUT_EXIT, [], f"timeout: no answer for {what} within {timeout:g} s")
+        for message in messages:
+            if progress is not None and message.address == "/musicgen/progress" and message.args and str(
+                    message.args[0]) == matcher.job_id and len(message.args) > 1:
+                progress.write(f"\r{matcher.job_id}: {float(message.args[1]) * 100:5.1f}%")
+                progress.flush()
+            outcome = matcher.outcome(message)
+            if outcome is not None:
+                if progress is not None and matcher.job_id:
+                    progress.write("\n")
+                return outcome
+
+
+def _send_tcp(address: str, args: list[Any], host: str, port: int, wait: bool, timeout: float,
+              progress: TextIO | None) -> Outcome:
+    """Over TCP, OSC 1.0 framing (as liblo); replies come back on the connection."""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(length_encode(encode_message(address, args)))
+        if not wait:
+            return Outcome(0, [])
+        reader: FrameReader | None = None
+
+        def receive() -> list[Message] | None:
+            nonlocal reader
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    return None
+                if not data:
+                    return None
+                if reader is None:
+                    reader = FrameReader(detect_framing(data[0]))
+                out: list[Message] = []
+                for packet in reader.feed(data):
+                    if isinstance(packet, bytes):
+                        out += [m for m in decode_packet(packet) if isinstance(m, Message)]
+                if out:
+                    return out
+
+        return _collect(receive, _Matcher(address, args), timeout, progress)
+
+
+def main_send(argv: Sequence[str] | None = None) -> int:
+    """``musicgen-bridge send`` on its own (the CLI wires :func:`run_send` in the same way)."""
+    import argparse  # noqa: PLC0415
+
+    from bridge.osc.cli_glue import add_send_arguments  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="musicgen-bridge send")
+    add_send_arguments(parser)
+    return run_send(parser.parse_args(argv))
+
+
+def run_send(args: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run a parsed ``send`` command line: print the result lines, return the exit code."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    values = [parse_arg(word) for word in args.args]
+    try:
+        outcome = send(args.address, values, args.host, args.port, reply_port=args.reply_port, wait=args.wait,
+                       timeout=args.timeout, token=args.token or os.environ.get("MUSICGEN_BRIDGE_TOKEN"),
+                       tcp=args.tcp, progress=None if args.quiet or not args.wait else err)
+    except OSError as exc:
+        err.write(f"musicgen-bridge: cannot reach the bridge at {args.host}:{args.port}: {exc.strerror or exc}\n")
+        return 1
+    for line in outcome.lines:
+        out.write(line + "\n")
+    out.flush()
+    if outcome.error:
+        err.write(f"musicgen-bridge: {outcome.error}\n")
+    return outcome.code

@@ -1,0 +1,256 @@
+"""The token loop: MusicGen's delay pattern, classifier-free guidance and sampling, one step at a time.
+
+transformers' ``generate`` hands audio codes back only at the end (its streamer sees the prompt
+once), so the project owns this loop: it is the one place where tokens are produced, for files,
+streaming and the jam alike. It runs the model's own decoder weights, so with greedy decoding in
+fp32 its tokens equal ``generate``'s (tests check this on tiny-random and on the small architecture).
+
+What turns the tokens of one step into the next logits is a *stepper*: :class:`FastStepper` runs
+:class:`bridge.fast_decoder.FastDecoder` (preallocated cache, packed weights, the text's keys and
+values projected once), :class:`ReferenceStepper` calls transformers' own decoder module with a
+``DynamicCache`` and is kept as the reference the fast one is tested against.
+
+Layout of the delay pattern (mono, K codebooks): sequence position ``p`` of codebook ``k`` holds
+audio frame ``p - 1 - k``; position 0 is the start token, and positions outside a codebook's
+frames hold the pad token. Stereo checkpoints interleave left/right codebooks, which share a delay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from bridge.errors import Cancelled
+from bridge.fast_decoder import DecoderState, FastDecoder, GraphedStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked from the model's logits."""
+
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    guidance: float = 3.0
+    greedy: bool = False
+
+    @property
+    def uses_guidance(self) -> bool:
+        return self.guidance > 1.0
+
+
+@dataclass
+class Conditioning:
+    """What the decoder is conditioned on, already encoded, for the whole (guided) batch.
+
+    Cross-attention checkpoints use ``encoder_hidden_states``/``encoder_attention_mask``; melody
+    checkpoints take ``prefix``, embeddings placed before the audio tokens. With guidance the
+    conditional rows come first and the unconditional ones second, as in transformers.
+    """
+
+    encoder_hidden_states: torch.Tensor | None = None
+    encoder_attention_mask: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None
+
+
+StepCallback = Callable[[int, int], None]
+"""Called after every decoding step with (frames complete so far, steps done in this call)."""
+
+
+class Stepper(Protocol):
+    """Runs decoder positions for one generation; called with (rows, K, T) tokens, returns (rows, K, V)
+    float logits for the last of them. The first call holds the prompt, later ones one position."""
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+
+class ReferenceStepper:
+    """transformers' decoder module with a ``DynamicCache``: exactly what ``generate`` runs."""
+
+    def __init__(self, decoder: torch.nn.Module, cond: Conditioning, num_codebooks: int) -> None:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: PLC0415
+
+        self.decoder = decoder
+        self.cond = cond
+        self.num_codebooks = num_codebooks
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self.first = True
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = input_ids.shape[0]
+        kwargs: dict[str, object] = {"past_key_values": self.cache, "use_cache": True}
+        if self.cond.prefix is not None:
+            if self.first:
+                kwargs["encoder_hidden_states"] = self.cond.prefix
+        else:
+            kwargs["encoder_hidden_states"] = self.cond.encoder_hidden_states
+            kwargs["encoder_attention_mask"] = self.cond.encoder_attention_mask
+        self.first = False
+        out = self.decoder(input_ids=input_ids.reshape(rows * self.num_codebooks, -1), **kwargs)
+        return out.logits[:, -1, :].float().reshape(rows, self.num_codebooks, -1)
+
+
+class FastStepper:
+    """:class:`FastDecoder` with a cache sized for this generation; single positions replay a CUDA
+    graph on CUDA devices."""
+
+    def __init__(self, fast: FastDecoder, cond: Conditioning, rows: int, capacity: int,
+                 use_graph: bool = False) -> None:
+        self.fast = fast
+        self.prefix = cond.prefix
+        if cond.prefix is not None:
+            capacity += int(cond.prefix.shape[1])
+        self.state: DecoderState = fast.start(rows, capacity, cond.encoder_hidden_states,
+                                              cond.encoder_attention_mask, zero=use_graph)
+        self.graph = GraphedStep(fast, self.state, rows) if use_graph else None
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None and self.state.length > 0 and input_ids.shape[-1] == 1:
+            try:
+                logits = self.graph(input_ids[:, :, 0], self.state.length)
+            except RuntimeError as exc:  # a capture this build or driver refuses: run eagerly instead
+                log.warning("CUDA graph capture failed, decoding without it: %s", exc)
+                self.graph = None
+            else:
+                self.state.length += 1
+                return logits
+        prefix, self.prefix = self.prefix, None
+        return self.fast.forward(self.state, input_ids, prefix=prefix)
+
+
+def codebook_delays(num_codebooks: int, channels: int) -> list[int]:
+    """The delay of each codebook in the pattern (stereo pairs share one)."""
+    if channels == 2:
+        return [k // 2 for k in range(num_codebooks)]
+    return list(range(num_codebooks))
+
+
+class TokenLoop:
+    """Runs the decoder step by step over the delay pattern.
+
+    ``decoder`` is the checkpoint's ``MusicgenForCausalLM`` (or the melody variant); ``fast``, when
+    given, is the same decoder prepared by :class:`FastDecoder` and does the work (``decoder`` is then
+    only the reference). The loop holds no state between calls: each :meth:`run` builds its own cache.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, num_codebooks: int, channels: int, pad_token_id: int,
+                 fast: FastDecoder | None = None, cuda_graphs: bool = True) -> None:
+        self.decoder = decoder
+        self.fast = fast
+        self.cuda_graphs = cuda_graphs
+        self.num_codebooks = num_codebooks
+        self.channels = channels
+        self.pad = pad_token_id
+        self.delays = codebook_delays(num_codebooks, channels)
+        self.max_delay = max(self.delays)
+
+    def steps_for(self, frames: int, prompt_frames: int) -> int:
+        """Decoder calls needed to produce ``frames`` frames after ``prompt_frames`` given ones."""
+        return frames - prompt_frames + self.max_delay
+
+    def stepper(self, cond: Conditioning, rows: int, capacity: int, reference: bool = False) -> Stepper:
+        """The stepper for one generation of ``rows`` sequences of up to ``capacity`` positions."""
+        if self.fast is None or reference:
+            return ReferenceStepper(self.decoder, cond, self.num_codebooks)
+        use_graph = self.cuda_graphs and self.fast.device.type == "cuda"
+        return FastStepper(self.fast, cond, rows, capacity, use_graph=use_graph)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        cond: Conditioning,
+        batch: int,
+        frames: int,
+        sampling: Sampling,
+        generator: torch.Generator | None,
+        prompt: torch.Tensor | None = None,
+        on_step: StepCallback | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+        frames_out: torch.Tensor | None = None,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """Generate codes of shape ``(batch, K, frames)``; the first frames are ``prompt`` (B, K, T0).
+
+        ``reference`` runs transformers' decoder module instead of the fast one (for tests).
+        """
+        k_books = self.num_codebooks
+        device = next(self.decoder.parameters()).device
+        prompt_frames = 0 if prompt is None else int(prompt.shape[-1])
+        if prompt_frames >= frames:
+            raise ValueError("the prompt is as long as the asked length: nothing to generate")
+        length = frames + self.max_delay + 1  # start token, the frames, the delay tail
+        delays = torch.tensor(self.delays, device=device)
+        positions = torch.arange(length, device=device)
+        frame_of = positions[None, :] - 1 - delays[:, None]  # (K, L): frame held at each position
+        in_range = (frame_of >= 0) & (frame_of < frames)
+        # forced[k, p] = token that must stand at p regardless of sampling (-1 = free)
+        forced = torch.full((batch, k_books, length), -1, dtype=torch.long, device=device)
+        forced[:, ~in_range] = self.pad
+        if prompt is not None:
+            is_prompt = in_range & (frame_of < prompt_frames)
+            idx = frame_of.clamp(min=0, max=max(prompt_frames - 1, 0))
+            gathered = prompt.to(device).gather(2, idx[None].expand(batch, -1, -1))
+            forced = torch.where(is_prompt[None], gathered, forced)
+        seq = forced.clone()
+        seq[:, :, 0] = self.pad  # start token (transformers uses the pad id for it)
+        rows = 2 * batch if sampling.uses_guidance else batch
+        books = torch.arange(k_books, device=device)
+
+        step = self.stepper(cond, rows, length, reference=reference)
+        start = prompt_frames + 1  # first position codebook 0 has to predict
+        first_input = seq[:, :, :start]
+        if sampling.uses_guidance:
+            first_input = first_input.repeat(2, 1, 1)
+        logits = step(first_input)
+        steps = 0
+        for pos in range(start, length):
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("cancelled while generating")
+            tokens = self._pick(logits, batch, sampling, generator)
+            column = forced[:, :, pos]
+            seq[:, :, pos] = torch.where(column >= 0, column, tokens)
+            steps += 1
+            frame = pos - 1 - self.max_delay  # the frame this step completed in every codebook
+            if frames_out is not None and 0 <= frame < frames:
+                # undelay it now, so streaming can decode it before the window ends
+                frames_out[:, :, frame] = seq[:, books, frame + 1 + delays]
+            if on_step is not None:
+                on_step(min(frames, max(0, frame + 1)), steps)
+            if pos + 1 < length:
+                step_input = seq[:, :, pos : pos + 1]
+                if sampling.uses_guidance:
+                    step_input = step_input.repeat(2, 1, 1)
+                logits = step(step_input)
+        # undo the delay: frame f of codebook k sits at position f + 1 + delay[k]
+        gather_idx = (torch.arange(frames, device=device)[None, :] + 1 + delays[:, None])[None].expand(batch, -1, -1)
+        return seq.gather(2, gather_idx)
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, batch: int, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+        """Guidance, temperature, top-k, top-p, then a draw (or argmax); (rows, K, V) -> (batch, K)."""
+        if sampling.uses_guidance:
+            cond, uncond = logits[:batch], logits[batch:]
+            logits = uncond + (cond - uncond) * sampling.guidance
+        if sampling.greedy:
+            return logits.argmax(dim=-1)
+        logits = logits / sampling.temperature
+        vocab = logits.shape[-1]
+        if 0 < sampling.top_k < vocab:
+            kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if 0.0 < sampling.top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            remove_sorted = cumulative <= (1 - sampling.top_p)
+            remove_sorted[..., -1:] = False
+            remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+            logits = logits.masked_fill(remove, float("-inf"))
+        probs = logits.softmax(dim=-1).reshape(-1, vocab)
+        drawn = torch.multinomial(probs, 1, generator=generator)
+        return drawn.reshape(logits.shape[:-1])

@@ -1,0 +1,70 @@
+"""Typed errors with stable wire codes: the one exception tree of musicgen-bridge.
+
+BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail``
+  BadArgs        bad_args        an argument or option is missing, unknown or out of range
+  NotFound       not_found       a clip, preset, bank or job id that does not exist
+  BadAudio       bad_audio       a file that is not usable audio (corrupt, empty, too long)
+  Busy           busy            the job queue is full
+  Cancelled      cancelled       the job was cancelled by a client or by shutdown
+  ModelError     model_error     the model could not be loaded or failed while generating
+  Unauthorized   unauthorized    a non-loopback request without the shared token
+  NoAudioDevice  no_audio_device playback asked for where there is no usable output device
+  Internal       internal        a bug: the message says where to report it
+
+Every message tells the user what to do next. Front ends turn these into replies in one place
+(the OSC server, the CLI's main); nothing else catches them.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge reports to a user."""
+
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadArgs(BridgeError):
+    code = "bad_args"
+
+
+class NotFound(BridgeError):
+    code = "not_found"
+
+
+class BadAudio(BridgeError):
+    code = "bad_audio"
+
+
+class Busy(BridgeError):
+    code = "busy"
+
+
+class Cancelled(BridgeError):
+    code = "cancelled"
+
+
+class ModelError(BridgeError):
+    code = "model_error"
+
+
+class Unauthorized(BridgeError):
+    code = "unauthorized"
+
+
+class NoAudioDevice(BridgeError):
+    code = "no_audio_device"
+
+
+class Internal(BridgeError):
+    code = "internal"
+
+
+ALL_CODES = tuple(
+    cls.code
+    for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, Internal)
+)

@@ -1,0 +1,385 @@
+"""The fast decoder step: MusicGen's decoder run with plain tensor ops, a preallocated KV cache and
+weights stored for the machine's fast kernels (bf16 through oneDNN, int8 or int4 weight-only).
+
+Same maths as transformers' ``MusicgenDecoder`` (sum of codebook embeddings, sinusoidal positions,
+pre-norm layers with self-attention, cross-attention on the text and a GELU MLP, one head per
+codebook), minus its per-step costs: no mask building, no ``DynamicCache`` growing by ``torch.cat``
+(which copies the whole cache every step), the text's cross-attention keys and values projected once
+per window, and the residual stream kept in fp32 whatever the weights are stored in.
+
+``TokenLoop`` (``bridge/decoding.py``) owns the delay pattern and sampling; this file only turns the
+tokens of one step into the logits of the next. Precisions (``weights``):
+
+- ``fp32``: the checkpoint's own tensors, unchanged: greedy tokens equal ``generate``'s.
+- ``bf16``: weights rounded to bfloat16, matmuls in bf16 with fp32 accumulation, KV cache in bf16.
+- ``int8``: the transformer's linear layers as int8 with one scale per output channel (weight-only:
+  activations stay bf16), embeddings and the codebook heads in bf16.
+- ``int4``: 4-bit groups of 32 input channels: the fastest on CPU, and audibly lossy (a sketch mode).
+- ``fp16``: half weights and cache (the GPU default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
+INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
+
+
+def _has_mkldnn_linear() -> bool:
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+class PackedLinear:
+    """``y = x @ W.T`` with ``W`` stored as asked; input and output in the compute dtype."""
+
+    def __init__(self, weight: torch.Tensor, weights: str, device: torch.device) -> None:
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self.kind = "dense"
+        self.scales = torch.empty(0)
+        w = weight.detach()
+        if weights == "int4":
+            self._pack_int4(w.float())
+        elif weights == "int8":
+            w32 = w.float()
+            scales = w32.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            self.weight = torch.round(w32 / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scales = scales.to(torch.bfloat16)
+            self.kind = "int8"
+        elif weights == "bf16" and device.type == "cpu" and _has_mkldnn_linear():
+            # oneDNN's blocked layout: its bf16 kernels (AMX where the CPU has it) read it ~1.4x faster
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous())
+            self.kind = "mkldnn"
+        else:
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[weights]
+            self.weight = w if w.dtype == dtype else w.to(dtype)
+
+    def _pack_int4(self, w: torch.Tensor) -> None:
+        """Asymmetric 4-bit groups of INT4_GROUP input channels, torch's CPU int4 layout."""
+        n, k = w.shape
+        groups = w.reshape(n, k // INT4_GROUP, INT4_GROUP)
+        low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+        scale = ((high - low) / 15.0).clamp(min=1e-12)
+        q = torch.round((groups - low) / scale).clamp(0, 15).to(torch.int32).reshape(n, k)
+        # torch dequantizes (q - 8) * scale + zero
+        zero = low + 8 * scale
+        self.scales = torch.stack([scale.squeeze(-1), zero.squeeze(-1)], dim=-1).transpose(0, 1).contiguous().to(
+            torch.bfloat16)
+        self.weight = torch._convert_weight_to_int4pack_for_cpu(q, 8)
+        self.kind = "int4"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "dense":
+            return F.linear(x, self.weight)
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        if self.kind == "mkldnn":
+            out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
+        elif self.kind == "int4":
+            out = torch._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scales)
+        elif flat.shape[0] <= 64:
+            out = torch._weight_int8pack_mm(flat, self.weight, self.scales)
+        else:
+            # long prompts: the weight-only kernel is made for a few rows; dequantize once instead
+            out = F.linear(flat, self.weight.to(flat.dtype) * self.scales[:, None].to(flat.dtype))
+        return out.reshape(*lead, self.out_features)
+
+    def nbytes(self) -> int:
+        bits = {"mkldnn": 16, "int4": 4}.get(self.kind, self.weight.element_size() * 8)
+        size = self.out_features * self.in_features * bits // 8
+        return size + self.scales.numel() * 2
+
+
+@dataclass
+class _Norm:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+def _norm(module: Any) -> _Norm:
+    return _Norm(module.weight.detach().float(), module.bias.detach().float(), float(module.eps))
+
+
+@dataclass
+class _Layer:
+    norm_self: _Norm
+    qkv: list[PackedLinear]  # [q, k, v] in fp32 (as the checkpoint), [qkv] fused otherwise
+    out_self: PackedLinear
+    norm_cross: _Norm | None
+    q_cross: PackedLinear | None
+    out_cross: PackedLinear | None
+    k_cross: torch.Tensor | None  # the text projections, kept as stored: used once per window
+    v_cross: torch.Tensor | None
+    norm_mlp: _Norm
+    fc1: PackedLinear
+    fc2: PackedLinear
+    activation: Callable[[torch.Tensor], torch.Tensor]
+
+
+class DecoderState:
+    """One generation's cache: self-attention keys/values for every position, the text's keys/values."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor],
+                 cross: list[tuple[torch.Tensor, torch.Tensor]], cross_mask: torch.Tensor | None) -> None:
+        self.keys = keys
+        self.values = values
+        self.cross = cross
+        self.cross_mask = cross_mask
+        self.length = 0  # positions filled
+
+    @property
+    def capacity(self) -> int:
+        return int(self.keys[0].shape[2]) if self.keys else 0
+
+
+class FastDecoder:
+    """MusicGen's decoder (``MusicgenForCausalLM`` or the melody variant) prepared for fast steps.
+
+    Build it once per loaded model; :meth:`start` makes the state for one window and :meth:`forward`
+    runs tokens through it. Holds no per-generation state itself.
+    """
+
+    def __init__(self, causal_lm: Any, weights: str = "fp32") -> None:
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {weights!r}: use one of {', '.join(WEIGHT_FORMATS)}")
+        decoder = causal_lm.model.decoder
+        cfg = causal_lm.config
+        self.device = next(causal_lm.parameters()).device
+        if weights in ("int8", "int4") and self.device.type != "cpu":
+            raise ValueError(f"{weights} weights are for the CPU: use fp16 on a GPU")
+        self.weights = weights
+        self.compute_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(weights, torch.bfloat16)
+        self.num_codebooks = int(cfg.num_codebooks)
+        self.hidden = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        self.head_dim = self.hidden // self.heads
+        self.vocab = int(cfg.vocab_size)
+        fuse = weights != "fp32"  # fp32 keeps the checkpoint's own tensors: same results as transformers
+        with torch.no_grad():
+            self.embeddings = torch.stack([e.weight.detach().float() for e in decoder.embed_tokens])  # (K, V+1, D)
+            self.positions = decoder.embed_positions.weights.detach().float()
+            self.layers = [self._layer(layer, weights, fuse) for layer in decoder.layers]
+            self.final_norm = _norm(decoder.layer_norm)
+            heads = torch.cat([h.weight.detach() for h in causal_lm.lm_heads])  # (K*V, D)
+            self.lm_heads = PackedLinear(heads, "bf16" if weights in ("int8", "int4") else weights, self.device)
+        self.has_cross = self.layers[0].q_cross is not None
+
+    def _layer(self, layer: Any, weights: str, fuse: bool) -> _Layer:
+        attn = layer.self_attn
+        if fuse:
+            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            qkv = [PackedLinear(qkv_weight, weights, self.device)]
+        else:
+            qkv = [PackedLinear(p.weight, weights, self.device) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+        cross = getattr(layer, "encoder_attn", None)
+        return _Layer(
+            norm_self=_norm(layer.self_attn_layer_norm),
+            qkv=qkv,
+            out_self=PackedLinear(attn.out_proj.weight, weights, self.device),
+            norm_cross=None if cross is None else _norm(layer.encoder_attn_layer_norm),
+            q_cross=None if cross is None else PackedLinear(cross.q_proj.weight, weights, self.device),
+            out_cross=None if cross is None else PackedLinear(cross.out_proj.weight, weights, self.device),
+            k_cross=None if cross is None else cross.k_proj.weight.detach(),
+            v_cross=None if cross is None else cross.v_proj.weight.detach(),
+            norm_mlp=_norm(layer.final_layer_norm),
+            fc1=PackedLinear(layer.fc1.weight, weights, self.device),
+            fc2=PackedLinear(layer.fc2.weight, weights, self.device),
+            activation=layer.activation_fn,
+        )
+
+    def nbytes(self) -> int:
+        """Bytes of weights this decoder reads (besides the checkpoint's own modules)."""
+        total = self.embeddings.numel() * 4 + self.lm_heads.nbytes()
+        for layer in self.layers:
+            for lin in (*layer.qkv, layer.out_self, layer.q_cross, layer.out_cross, layer.fc1, layer.fc2):
+                if lin is not None:
+                    total += lin.nbytes()
+        return total
+
+    # -- one generation ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, rows: int, capacity: int, encoder_hidden_states: torch.Tensor | None = None,
+              encoder_attention_mask: torch.Tensor | None = None, zero: bool = False) -> DecoderState:
+        """A fresh state for ``rows`` sequences of up to ``capacity`` positions.
+
+        The text's keys and values are projected here, once. ``zero`` fills the cache (only the
+        static-shape step reads positions it has not written).
+        """
+        alloc = torch.zeros if zero else torch.empty
+        shape = (rows, self.heads, capacity, self.head_dim)
+        keys = [alloc(shape, dtype=self.compute_dtype, device=self.device) for _ in self.layers]
+        values = [alloc(shape, dtype=self.compute_dtype, device=self.device) for _ in self.layers]
+        cross: list[tuple[torch.Tensor, torch.Tensor]] = []
+        cross_mask = None
+        if self.has_cross and encoder_hidden_states is not None:
+            states = encoder_hidden_states.to(self.device)
+            for layer in self.layers:
+                assert layer.k_cross is not None and layer.v_cross is not None
+                k = F.linear(states.to(layer.k_cross.dtype), layer.k_cross)
+                v = F.linear(states.to(layer.v_cross.dtype), layer.v_cross)
+                cross.append((self._split(k.to(self.compute_dtype)), self._split(v.to(self.compute_dtype))))
+            if encoder_attention_mask is not None:
+                allowed = encoder_attention_mask.to(self.device).bool()[:, None, None, :]
+                # a float mask: a row with no text at all attends uniformly to zero values, giving zero,
+                # where a boolean mask would give NaN
+                cross_mask = torch.zeros(allowed.shape, dtype=self.compute_dtype, device=self.device)
+                cross_mask.masked_fill_(~allowed, torch.finfo(self.compute_dtype).min)
+        return DecoderState(keys, values, cross, cross_mask)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, T, D) -> (rows, heads, T, head_dim)."""
+        rows, length = x.shape[0], x.shape[1]
+        return x.view(rows, length, self.heads, self.head_dim).transpose(1, 2)
+
+    @torch.inference_mode()
+    def forward(self, state: DecoderState, tokens: torch.Tensor | None, prefix: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Logits (rows, K, vocab) in fp32 for the last of the given positions; the cache advances.
+
+        ``tokens`` is (rows, K, T); ``prefix`` (rows, P, D) are embeddings placed before them (melody).
+        """
+        hidden = self._embed(tokens, prefix, state.length)
+        start = state.length
+        length = hidden.shape[1]
+        if start + length > state.capacity:
+            raise ValueError(f"decoder state holds {state.capacity} positions, asked for {start + length}")
+        # a causal mask only where several new positions follow cached ones (never in the token loop)
+        mask = None
+        if length > 1 and start > 0:
+            mask = torch.ones(length, start + length, dtype=torch.bool, device=self.device).tril(start)
+        for i, layer in enumerate(self.layers):
+            hidden = self._layer_forward(layer, hidden, state, i, start, mask)
+        state.length = start + length
+        last = self.final_norm(hidden[:, -1:])
+        logits = self.lm_heads(last.to(self.compute_dtype))
+        return logits.float().view(-1, self.num_codebooks, self.vocab)
+
+    def _embed(self, tokens: torch.Tensor | None, prefix: torch.Tensor | None, start: int) -> torch.Tensor:
+        parts = []
+        if prefix is not None:
+            parts.append(prefix.to(self.device, torch.float32))
+        if tokens is not None:
+            tokens = tokens.to(self.device)
+            embedded = self.embeddings[0][tokens[:, 0]]
+            for k in range(1, self.num_codebooks):
+                embedded = embedded + self.embeddings[k][tokens[:, k]]
+            parts.append(embedded)
+        hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return hidden + self.positions[start : start + hidden.shape[1]]
+
+    def _layer_forward(self, layer: _Layer, hidden: torch.Tensor, state: DecoderState, index: int, start: int,
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        rows, length = hidden.shape[0], hidden.shape[1]
+        dtype = self.compute_dtype
+        x = layer.norm_self(hidden).to(dtype)
+        if len(layer.qkv) == 1:
+            q, k, v = layer.qkv[0](x).split(self.hidden, dim=-1)
+        else:
+            q, k, v = (proj(x) for proj in layer.qkv)
+        end = start + length
+        keys, values = state.keys[index], state.values[index]
+        keys[:, :, start:end] = self._split(k)
+        values[:, :, start:end] = self._split(v)
+        attn = F.scaled_dot_product_attention(self._split(q), keys[:, :, :end], values[:, :, :end],
+                                              attn_mask=mask, is_causal=length > 1 and start == 0)
+        attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
+        hidden = hidden + layer.out_self(attn).float()
+        if layer.q_cross is not None and layer.out_cross is not None and state.cross:
+            assert layer.norm_cross is not None
+            x = layer.norm_cross(hidden).to(dtype)
+            ck, cv = state.cross[index]
+            attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x)), ck, cv, attn_mask=state.cross_mask)
+            attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
+            hidden = hidden + layer.out_cross(attn).float()
+        x = layer.norm_mlp(hidden).to(dtype)
+        return hidden + layer.fc2(layer.activation(layer.fc1(x))).float()
+
+    # -- static shapes (CUDA graphs) --------------------------------------------------------------
+    @torch.inference_mode()
+    def static_step(self, state: DecoderState, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """One position at ``position`` (a 1-element long tensor on the device) with shapes that never
+        change: attention reads the whole cache under a mask, writes go through ``index_copy_``. No value
+        leaves the device, so the step can be captured in a CUDA graph. ``state`` must be ``zero``-made.
+        """
+        hidden = self.embeddings[0][tokens[:, 0]]
+        for book in range(1, self.num_codebooks):
+            hidden = hidden + self.embeddings[book][tokens[:, book]]
+        hidden = (hidden + self.positions.index_select(0, position))[:, None, :]
+        capacity = state.capacity
+        visible = torch.arange(capacity, device=self.device) <= position
+        mask = torch.zeros(capacity, dtype=self.compute_dtype, device=self.device)
+        mask = mask.masked_fill(~visible, torch.finfo(self.compute_dtype).min)[None, None, None, :]
+        dtype = self.compute_dtype
+        rows = hidden.shape[0]
+        for i, layer in enumerate(self.layers):
+            x = layer.norm_self(hidden).to(dtype)
+            if len(layer.qkv) == 1:
+                q, k, v = layer.qkv[0](x).split(self.hidden, dim=-1)
+            else:
+                q, k, v = (proj(x) for proj in layer.qkv)
+            state.keys[i].index_copy_(2, position, self._split(k))
+            state.values[i].index_copy_(2, position, self._split(v))
+            attn = F.scaled_dot_product_attention(self._split(q), state.keys[i], state.values[i], attn_mask=mask)
+            hidden = hidden + layer.out_self(attn.transpose(1, 2).reshape(rows, 1, self.hidden)).float()
+            if layer.q_cross is not None and layer.out_cross is not None and state.cross:
+                assert layer.norm_cross is not None
+                x = layer.norm_cross(hidden).to(dtype)
+                ck, cv = state.cross[i]
+                attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x)), ck, cv,
+                                                      attn_mask=state.cross_mask)
+                hidden = hidden + layer.out_cross(attn.transpose(1, 2).reshape(rows, 1, self.hidden)).float()
+            x = layer.norm_mlp(hidden).to(dtype)
+            hidden = hidden + layer.fc2(layer.activation(layer.fc1(x))).float()
+        logits = self.lm_heads(self.final_norm(hidden).to(dtype))
+        return logits.float().view(-1, self.num_codebooks, self.vocab)
+
+
+class GraphedStep:
+    """The static step captured once in a CUDA graph and replayed per token (CUDA only).
+
+    Inputs are copied into fixed buffers and the logits read from a fixed one, so a replay costs one
+    launch and no host sync.
+    """
+
+    def __init__(self, decoder: FastDecoder, state: DecoderState, rows: int) -> None:
+        device = decoder.device
+        self.decoder = decoder
+        self.state = state
+        self.tokens = torch.zeros((rows, decoder.num_codebooks), dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: Any = None
+        self.logits: torch.Tensor | None = None
+
+    def __call__(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens, non_blocking=True)
+        if isinstance(position, torch.Tensor):
+            self.position.copy_(position, non_blocking=True)
+        else:
+            self.position.fill_(position)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        assert self.logits is not None
+        return self.logits
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            # warm-up runs write this same position, which the replay then overwrites
+            for _ in range(2):
+                self.decoder.static_step(self.state, self.tokens, self.position)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.decoder.static_step(self.state, self.tokens, self.position)
+        self.graph = graph

@@ -1,0 +1,152 @@
+"""The jam: MusicGen keeps continuing its own output, segment after segment, in whole bars.
+
+Each segment continues from the tokens already generated (the tail of the token timeline is the
+next prompt; the bridge never re-encodes its own audio), so the audio is one continuous stream cut
+at bar boundaries on the absolute sample grid. Changes (prompt, temperature, guidance, ...) wait
+for the next segment. No threads here: a runner (``jam_runner.py``/the daemon) calls
+:meth:`Jam.next_segment` from the worker that owns the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bridge import tempo
+from bridge.decoding import Sampling
+from bridge.engine import Engine, GenerationSpec
+from bridge.errors import BadArgs
+from bridge.options import closest, convert_option
+from bridge.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
+
+MAX_SEGMENT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class JamSettings:
+    """What the next segment is generated with; ``Jam.set`` swaps it for a changed copy."""
+
+    prompt: str = ""
+    bpm: float = 120.0
+    bars: int = 4
+    beats_per_bar: int = 4
+    temperature: float = 1.0
+    guidance: float = 3.0
+    top_k: int = 250
+    top_p: float = 0.0
+    seed: int = 0
+    context_seconds: float = 10.0
+
+    def check(self) -> JamSettings:
+        tempo.check_tempo(self.bpm, self.beats_per_bar)
+        seconds = float(tempo.bar_seconds(self.bpm, self.beats_per_bar)) * self.bars
+        if self.bars < 1 or seconds > MAX_SEGMENT_SECONDS:
+            raise BadArgs(f"a jam segment of {self.bars} bars at {self.bpm:g} bpm is {seconds:.1f} s: "
+                          f"give 1 bar or more and at most {MAX_SEGMENT_SECONDS:g} s a segment")
+        if self.temperature <= 0 or not 0 <= self.guidance <= 20 or self.top_k < 0 or not 0 <= self.top_p <= 1:
+            raise BadArgs("jam sampling is out of range: temperature > 0, guidance 0..20, top_k >= 0, top_p 0..1")
+        if not 1.0 <= self.context_seconds <= 25.0:
+            raise BadArgs("context_seconds must be from 1 to 25")
+        return self
+
+
+_SETTABLE = {f.name for f in dataclasses.fields(JamSettings)}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One bar-aligned piece of the jam: ``audio`` is (channels, samples) at the model rate."""
+
+    index: int
+    start_sample: int
+    audio: np.ndarray
+    settings: JamSettings
+    generation_seconds: float
+
+
+class Jam:
+    """A token timeline and the bar grid it is cut on."""
+
+    def __init__(self, engine: Engine, settings: JamSettings) -> None:
+        self.engine = engine
+        self._settings = settings.check()
+        self._pending: JamSettings | None = None
+        self._lock = threading.Lock()
+        self.codes = torch.zeros((1, engine.loaded.num_codebooks, 0), dtype=torch.long, device=engine.loaded.device)
+        self.index = 0
+        self.next_sample = 0  # where the next segment starts on the absolute grid (model rate)
+        self._grid_bars = 0  # bars since the last tempo change
+        self._grid_origin = 0  # sample where the current tempo's grid starts
+
+    @property
+    def settings(self) -> JamSettings:
+        return self._settings
+
+    def set(self, changes: Mapping[str, Any]) -> JamSettings:
+        """Queue changes for the next segment; returns the settings that segment will use."""
+        with self._lock:
+            base = self._pending or self._settings
+            typed: dict[str, Any] = {}
+            for key, value in changes.items():
+                if key not in _SETTABLE:
+                    raise BadArgs(f"jam cannot set {key!r}{closest(key, _SETTABLE)}; it can set "
+                                  f"{', '.join(sorted(_SETTABLE))}")
+                if key == "prompt":
+                    typed[key] = str(value)
+                elif key == "context_seconds":
+                    typed[key] = float(value)
+                else:
+                    typed[key] = convert_option(key, value)
+            self._pending = dataclasses.replace(base, **typed).check()
+            return self._pending
+
+    def _take_pending(self) -> JamSettings:
+        with self._lock:
+            if self._pending is not None:
+                if (self._pending.bpm, self._pending.beats_per_bar) != (self._settings.bpm,
+                                                                        self._settings.beats_per_bar):
+                    self._grid_origin, self._grid_bars = self.next_sample, 0  # a new grid from here
+                self._settings, self._pending = self._pending, None
+            return self._settings
+
+    def _boundary(self, bars: int, s: JamSettings) -> int:
+        return self._grid_origin + tempo.bars_to_samples(bars, s.bpm, self.engine.sample_rate, s.beats_per_bar) \
+            if bars > 0 else self._grid_origin
+
+    def next_segment(self, is_cancelled: Any = None) -> Segment:
+        """Generate and decode the next ``bars`` bars, continuing the token timeline."""
+        started = time.monotonic()
+        s = self._take_pending()
+        eng = self.engine
+        hop = eng.hop
+        start = self.next_sample
+        end = self._boundary(self._grid_bars + s.bars, s)
+        need_frames = -(-end // hop) + DEFAULT_LOOKAHEAD
+        have = self.codes.shape[-1]
+        if need_frames > have:
+            new = need_frames - have
+            context = min(have, round(s.context_seconds * eng.loaded.frame_rate), eng.window_frames - new - 1)
+            prompt = self.codes[:, :, have - context :] if context > 0 else None
+            text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""
+            sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                guidance=s.guidance if text else 1.0)
+            spec = GenerationSpec(prompt=text, frames=context + new, sampling=sampling,
+                                  seed=s.seed + self.index, prompt_codes=prompt)
+            fresh = eng.generate_codes(spec, is_cancelled=is_cancelled)
+            self.codes = torch.cat([self.codes, fresh[:, :, context:]], dim=-1)
+        first = max(0, start // hop - DEFAULT_LEFT_CONTEXT)
+        region = eng.decode(self.codes[:, :, first:need_frames])[0]
+        audio = region[:, start - first * hop : end - first * hop]
+        segment = Segment(index=self.index, start_sample=start, audio=np.ascontiguousarray(audio), settings=s,
+                          generation_seconds=time.monotonic() - started)
+        self.index += 1
+        self._grid_bars += s.bars
+        self.next_sample = end
+        return segment

@@ -1,0 +1,188 @@
+"""Runs a jam: segments from :class:`bridge.jam.Jam` into files, announcements and the speakers.
+
+The worker that owns the engine calls :func:`run_jam`; it returns when ``should_stop`` turns true
+(checked between segments and between decoding steps) or after ``for_seconds`` of audio. Where the
+machine generates slower than real time it says so and pre-rolls enough audio before playback
+starts to play the asked length without a gap.
+
+The run-ahead: playback starts once ``PREROLL_SEGMENTS`` segments are queued (or the whole take, when
+it is shorter), so while one segment plays the next is already waiting and the one after has a whole
+segment's time, plus what is left of the playing one, to be generated. A hiccup of up to a segment
+(another program taking the CPU, a page fault storm) is absorbed instead of heard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge import audio
+from bridge.errors import Cancelled
+from bridge.jam import Jam
+
+log = logging.getLogger(__name__)
+
+PREROLL_SEGMENTS = 2  # segments queued before playback starts on a machine faster than real time
+SLOW_MARGIN = 1.15  # pre-roll headroom over the measured speed
+_NEVER_BY_ITSELF = 1e9  # seconds: the runner, not the player, decides when playback starts
+
+
+class StreamResampler:
+    """Polyphase resampling of a stream in pieces, equal to resampling it in one go (up to float error).
+
+    Keeps a left context and holds back a right context of input, so every output sample is computed
+    with the same neighbours as in a one-shot ``resample_poly``.
+    """
+
+    def __init__(self, rate_from: int, rate_to: int, channels: int, context: int = 1024) -> None:
+        ratio = Fraction(rate_to, rate_from)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.context = math.ceil(context / self.down) * self.down
+        self.history = np.zeros((channels, 0), dtype=np.float32)
+        self.pending = np.zeros((channels, 0), dtype=np.float32)
+
+    def _run(self, n: int, right: np.ndarray) -> np.ndarray:
+        from scipy.signal import resample_poly  # noqa: PLC0415
+
+        block = np.concatenate([self.history, self.pending[:, :n], right], axis=1)
+        out = resample_poly(block, self.up, self.down, axis=1)
+        left = self.history.shape[1] * self.up // self.down
+        result = np.ascontiguousarray(out[:, left : left + n * self.up // self.down], dtype=np.float32)
+        self.history = np.concatenate([self.history, self.pending[:, :n]], axis=1)[:, -self.context :]
+        self.pending = self.pending[:, n:]
+        return result
+
+    def push(self, data: np.ndarray) -> np.ndarray:
+        if self.up == self.down:
+            return data
+        self.pending = np.concatenate([self.pending, data.astype(np.float32)], axis=1)
+        n = (self.pending.shape[1] - self.context) // self.down * self.down
+        if n <= 0:
+            return np.zeros((data.shape[0], 0), dtype=np.float32)
+        return self._run(n, self.pending[:, n : n + self.context])
+
+    def flush(self) -> np.ndarray:
+        if self.up == self.down or self.pending.shape[1] == 0:
+            return np.zeros((self.pending.shape[0], 0), dtype=np.float32)
+        n = self.pending.shape[1]
+        pad = (-n) % self.down
+        self.pending = np.concatenate([self.pending, np.zeros((self.pending.shape[0], pad), np.float32)], axis=1)
+        out = self._run(n + pad, np.zeros((self.pending.shape[0], 0), dtype=np.float32))
+        return out[:, : math.ceil(n * self.up / self.down)]
+
+
+@dataclass
+class JamTake:
+    """What a jam left behind."""
+
+    path: Path
+    segments: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    underruns: int = 0
+    realtime_factor: float = 0.0  # seconds of audio per second of generation
+    record_path: Path | None = None
+    segment_seconds: list[float] = field(default_factory=list)  # audio length of each segment
+    generation_seconds: list[float] = field(default_factory=list)  # wall time each segment took
+    first_audio_seconds: float | None = None  # from the call to the first segment being ready
+    preroll_seconds: float = 0.0  # audio queued when playback started
+
+    def slowest_ratio(self) -> float:
+        """The largest generation time over segment length seen (above 1: slower than real time)."""
+        return max((g / a for g, a in zip(self.generation_seconds, self.segment_seconds, strict=True) if a > 0),
+                   default=0.0)
+
+
+def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> float:
+    """Seconds of audio to queue before playback so ``total_seconds`` play gaplessly.
+
+    ``speed`` is seconds of audio generated per second (the slowest seen). Faster than real time:
+    ``PREROLL_SEGMENTS`` segments. Slower: enough that generation finishes the rest while the queue
+    plays, with ``SLOW_MARGIN`` headroom, and never less than the fast case.
+    """
+    fast = PREROLL_SEGMENTS * segment_seconds
+    if speed >= 1.0:
+        return min(fast, total_seconds)
+    slow = total_seconds * (1.0 - speed) * SLOW_MARGIN + segment_seconds
+    return min(total_seconds, max(fast, slow))
+
+
+def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any | None = None,
+            on_segment: Callable[[int, Path, float], None] | None = None, for_seconds: float | None = None,
+            record: Path | None = None, warn: Callable[[str], None] | None = None) -> JamTake:
+    """Generate segments until stopped (or ``for_seconds``), playing them through ``player`` if given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = jam.engine.sample_rate
+    take = JamTake(path=folder / "take.wav")
+    pieces: list[np.ndarray] = []
+    audio_seconds = 0.0
+    resampler: StreamResampler | None = None
+    started_playing = False
+    warned = False
+    queued = 0.0
+    began = time.monotonic()
+    total = for_seconds if for_seconds is not None else 60.0  # what a pre-roll on a slow machine aims at
+    if player is not None:
+        player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)
+    try:
+        while not should_stop() and (for_seconds is None or audio_seconds < for_seconds):
+            try:
+                segment = jam.next_segment(is_cancelled=should_stop)
+            except Cancelled:
+                break  # stopped mid-segment: the take ends with the last whole segment
+            if take.first_audio_seconds is None:
+                take.first_audio_seconds = time.monotonic() - began
+            path = folder / f"segment-{segment.index:04d}.wav"
+            audio.write_atomic(path, segment.audio, rate)
+            take.segments.append(path)
+            pieces.append(segment.audio)
+            seconds = segment.audio.shape[-1] / rate
+            audio_seconds += seconds
+            take.segment_seconds.append(seconds)
+            take.generation_seconds.append(segment.generation_seconds)
+            if on_segment is not None:
+                on_segment(segment.index, path, segment.start_sample / rate)
+            speed = 1.0 / max(take.slowest_ratio(), 1e-9)
+            preroll = preroll_for(speed, seconds, total)
+            if speed < 1.0 and not warned and not started_playing:
+                warned = True
+                (warn or log.warning)(f"this machine generates at {speed:.2f}x real time: pre-rolling {preroll:.1f} s "
+                                      f"before playback so {total:.0f} s play without a gap")
+            if player is not None:
+                if resampler is None:
+                    resampler = StreamResampler(rate, player.sample_rate, segment.audio.shape[0])
+                data = audio.match_channels(resampler.push(segment.audio), player.channels)
+                player.write(data)
+                queued += data.shape[1] / player.sample_rate
+                # the resampler holds back a few milliseconds: count the segment as queued in full
+                if not started_playing and audio_seconds >= preroll - 1e-9:
+                    player.start()
+                    started_playing = True
+                    take.preroll_seconds = audio_seconds
+        if player is not None:
+            if resampler is not None:
+                player.write(audio.match_channels(resampler.flush(), player.channels))
+            player.finish()
+            if not started_playing:
+                take.preroll_seconds = audio_seconds
+            started_playing = True  # finish starts whatever is queued
+            player.wait(timeout=queued + 10.0)
+            take.underruns = player.underruns
+            if record is not None:
+                take.record_path = record
+    finally:
+        if player is not None and not started_playing:
+            player.stop()
+    whole = np.concatenate(pieces, axis=-1) if pieces else np.zeros((jam.engine.channels, 0), np.float32)
+    audio.write_atomic(take.path, whole, rate)
+    take.seconds = whole.shape[-1] / rate
+    if sum(take.generation_seconds) > 0:
+        take.realtime_factor = audio_seconds / sum(take.generation_seconds)
+    return take

@@ -1,0 +1,256 @@
+"""Where the daemon's replies go: the peers a request came from, TCP connections' output, the
+registered reply ports of each host, and the job listener that turns job events into replies.
+
+A UDP request is answered at its host's reply port and every port that host registered with
+``/musicgen/notify``; a TCP request on its own connection while it is open (then as UDP). A job
+with no OSC origin (MIDI, the CLI) is announced to every registered port and the default target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bridge.errors import BridgeError, Internal
+from bridge.jobs import Job
+from bridge.osc.transport import FrameReader, encode_message, frame
+
+if TYPE_CHECKING:
+    from bridge.api import Chunk, JobResult
+
+log = logging.getLogger(__name__)
+
+MAX_PORTS_PER_HOST = 64
+MAX_HOSTS = 64
+MAX_OUTBUF = 1 << 20  # a TCP client that stops reading is dropped past this much unsent reply data
+
+
+# -- who sent it ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UdpPeer:
+    """A request that came in a datagram from ``host``: replies go to its registered ports."""
+
+    host: str
+
+
+@dataclass(frozen=True, eq=False)
+class TcpPeer:
+    """A request that came on a TCP connection: replies go back on it while it is open."""
+
+    conn: Connection
+
+
+@dataclass
+class Stats:
+    """Counters for what came in and went out; nothing is dropped without being counted here."""
+
+    datagrams: int = 0
+    messages: int = 0
+    malformed: int = 0
+    unauthorized: int = 0
+    replies: int = 0
+    reply_errors: int = 0
+    tcp_accepted: int = 0
+    tcp_refused: int = 0
+    tcp_timeouts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Connection:
+    """One TCP client: its framing, its partial input and its pending output."""
+
+    def __init__(self, sock: socket.socket, address: Any, wake: Any) -> None:
+        self.sock = sock
+        self.address = address
+        self.host = str(address[0])
+        self.framing: str | None = None
+        self.reader: FrameReader | None = None
+        self.closed = False
+        self.closing = False  # close once the output is flushed
+        self.last_read = time.monotonic()
+        self.partial_since: float | None = None
+        self._out = bytearray()
+        self._lock = threading.Lock()
+        self._wake = wake
+
+    def send(self, packet: bytes) -> bool:
+        """Queue a packet for this connection (any thread); False when it is gone."""
+        with self._lock:
+            if self.closed or self.closing:
+                return False
+            if len(self._out) + len(packet) > MAX_OUTBUF:
+                log.warning("TCP client %s is not reading its replies; closing it", self.address)
+                self.closing = True
+                self._out.clear()
+                return False
+            self._out += frame(packet, self.framing or "length")
+        self._wake()
+        return True
+
+    def has_output(self) -> bool:
+        with self._lock:
+            return bool(self._out)
+
+    def flush(self) -> None:
+        """Write what the socket takes now (non-blocking); mark closed on a broken pipe."""
+        with self._lock:
+            if not self._out or self.closed:
+                return
+            try:
+                sent = self.sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("TCP client %s went away: %s", self.address, exc)
+                self.closed = True
+                self._out.clear()
+                return
+            del self._out[:sent]
+
+    def close(self, linger: float = 0.0) -> None:
+        """Close, first trying for up to ``linger`` seconds to write what is pending."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            pending = bytes(self._out)
+            self._out.clear()
+        if pending and linger > 0:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(linger)
+                self.sock.sendall(pending)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+# -- replies --------------------------------------------------------------------------------------
+
+
+class ReplyRouter:
+    """Where replies go, and the job listener that turns job events into replies."""
+
+    def __init__(self, reply_port: int, default_host: str, stats: Stats) -> None:
+        self.reply_port = reply_port
+        self.default_host = default_host
+        self.stats = stats
+        self.sock: socket.socket | None = None
+        self._ports: OrderedDict[str, list[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # registered ports
+    def register(self, host: str, port: int) -> None:
+        with self._lock:
+            ports = self._ports.setdefault(host, [])
+            self._ports.move_to_end(host)
+            if port == self.reply_port or port in ports:
+                return
+            ports.append(port)
+            if len(ports) > MAX_PORTS_PER_HOST:
+                dropped = ports.pop(0)
+                log.info("host %s registered more than %d reply ports; dropping the oldest, %d", host,
+                         MAX_PORTS_PER_HOST, dropped)
+            while len(self._ports) > MAX_HOSTS:
+                old_host, _ = self._ports.popitem(last=False)
+                log.info("more than %d hosts registered reply ports; forgetting %s", MAX_HOSTS, old_host)
+
+    def unregister(self, host: str, port: int) -> None:
+        with self._lock:
+            ports = self._ports.get(host, [])
+            if port in ports:
+                ports.remove(port)
+
+    def targets(self, host: str) -> list[tuple[str, int]]:
+        with self._lock:
+            return [(host, self.reply_port)] + [(host, p) for p in self._ports.get(host, [])]
+
+    def everyone(self) -> list[tuple[str, int]]:
+        with self._lock:
+            out = [(self.default_host, self.reply_port)]
+            for host, ports in self._ports.items():
+                out += [(host, self.reply_port)] if host != self.default_host else []
+                out += [(host, p) for p in ports]
+            return list(dict.fromkeys(out))
+
+    # sending
+    def send(self, origin: Any, address: str, args: Sequence[Any]) -> None:
+        """Send one message to whoever ``origin`` is (None: everyone registered)."""
+        try:
+            packet = encode_message(address, args)
+        except ValueError:
+            log.exception("could not encode the reply %s", address)
+            self.stats.add("reply_errors")
+            return
+        if isinstance(origin, TcpPeer):
+            if origin.conn.send(packet):
+                self.stats.add("replies")
+                return
+            targets = self.targets(origin.conn.host)  # the connection is gone: fall back to UDP
+        elif isinstance(origin, UdpPeer):
+            targets = self.targets(origin.host)
+        else:
+            targets = self.everyone()
+        for target in targets:
+            self._sendto(packet, target)
+
+    def _sendto(self, packet: bytes, target: tuple[str, int]) -> None:
+        sock = self.sock
+        if sock is None:
+            self.stats.add("reply_errors")
+            return
+        try:
+            sock.sendto(packet, target)
+            self.stats.add("replies")
+        except OSError as exc:
+            self.stats.add("reply_errors")
+            log.debug("reply to %s:%d failed: %s", target[0], target[1], exc)
+
+    # the job listener
+    def queued(self, job: Job, position: int) -> None:
+        self.send(job.origin, "/musicgen/queued", [job.id, position])
+
+    def progress(self, job: Job, fraction: float) -> None:
+        self.send(job.origin, "/musicgen/progress", [job.id, float(fraction)])
+
+    def chunk(self, job: Job, chunk: Chunk) -> None:
+        if job.address == "/musicgen/jam/start":
+            self.send(job.origin, "/musicgen/jam/segment", [job.id, chunk.index, str(chunk.path)])
+            return
+        self.send(job.origin, "/musicgen/chunk", [job.id, chunk.index, str(chunk.path), float(chunk.start_seconds),
+                                                  float(chunk.seconds)])
+
+    def done(self, job: Job, result: JobResult) -> None:
+        paths = [str(p) for p in result.paths]
+        if not paths:
+            self.fail(job, Internal(f"job {job.id} finished without writing a file; please report it"))
+            return
+        self.send(job.origin, "/musicgen/done", [job.address, job.id, paths[0], float(result.seconds), *paths[1:]])
+
+    def fail(self, job: Job, error: BridgeError) -> None:
+        self.send(job.origin, "/musicgen/fail", [job.address, job.id, error.code, error.message])
+
+
+class HostPeers:
+    """The :class:`~bridge.osc.routes.Peers` of one sender's host."""
+
+    def __init__(self, router: ReplyRouter, host: str) -> None:
+        self.router = router
+        self.host = host
+
+    def register(self, port: int) -> None:
+        self.router.register(self.host, port)
+
+    def unregister(self, port: int) -> None:
+        self.router.unregister(self.host, port)

@@ -1,0 +1,418 @@
+"""The OSC daemon: its sockets and its one loop; the one place exceptions become ``/musicgen/fail``.
+
+One thread owns every socket (UDP, the TCP listener and its connections) through a selector: no
+thread per datagram, nothing sleeps on bundle time tags, and the control path answers while the
+job worker (``bridge.jobs``) runs the model. TCP listens on the same port number as UDP, detects
+OSC 1.0 length-prefix or OSC 1.1 SLIP framing from each connection's first byte, caps frames at
+64 KiB, and drops a connection whose frame stalls past the read timeout. Where replies go is
+``replies.py``; what each address does is ``routes.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import ipaddress
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
+from bridge.jobs import Job, JobQueue, Runner
+from bridge.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
+from bridge.osc.routes import Context, RouteTable
+from bridge.osc.routes import routes as default_routes
+from bridge.osc.transport import (
+    MAX_PACKET,
+    BadPacket,
+    FrameError,
+    FrameReader,
+    decode_packet,
+    detect_framing,
+    encode_message,
+)
+
+if TYPE_CHECKING:
+    from bridge.config import Config
+    from bridge.osc.routes import Facts
+
+    class ServedBridge(Facts, Runner, Protocol):
+        """What the server needs of :class:`bridge.api.Bridge`: facts, requests, and ``run``."""
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 64
+UDP_BURST = 64  # datagrams read per wake-up before the loop looks at TCP again
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names only loopback addresses ("" and 0.0.0.0 are every interface)."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - this is the check against binding everywhere
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def load_routes() -> RouteTable:
+    """The route table, with optional route modules (jam) registered on top of the built-in one."""
+    for name in ("bridge.osc.jam_routes",):
+        try:
+            __import__(name)
+        except ImportError as exc:
+            if exc.name != name:
+                raise
+    return default_routes
+
+
+class OscServer:
+    """The OSC daemon: UDP and TCP on one port, replies, and the job queue's listener.
+
+    ``start()`` runs the loop in a thread (tests, the CLI); ``serve_forever()`` in the caller's.
+    ``stop()`` cancels the running and queued jobs (each reported), then closes the sockets.
+    A port of 0 picks a free one; ``port`` tells which.
+    """
+
+    def __init__(self, bridge: ServedBridge, config: Config, jobs: JobQueue | None = None,
+                 routes: RouteTable | None = None, *, tcp: bool = True, read_timeout: float = 5.0,
+                 idle_timeout: float = 3600.0, max_connections: int = MAX_CONNECTIONS) -> None:
+        self.bridge = bridge
+        self.config = config
+        self.host = config.host
+        self.token = config.token or None
+        if not is_loopback(self.host) and not self.token:
+            raise BadArgs(f"listening on {self.host or 'every interface'} lets other machines in: start the "
+                               "bridge with --token SECRET (or MUSICGEN_BRIDGE_TOKEN) and send `token SECRET` with "
+                               "every message, or listen on 127.0.0.1")
+        self.routes = routes if routes is not None else load_routes()
+        self.tcp_enabled = tcp
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.stats = Stats()
+        default_host = self.host if is_loopback(self.host) else "127.0.0.1"
+        self.router = ReplyRouter(config.reply_port, default_host, self.stats)
+        if jobs is None:
+            jobs = JobQueue(bridge, config.queue_size, self.router)
+        else:
+            jobs.listener = self.router
+        self.jobs = jobs
+        self._udp: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._connections: set[Connection] = set()
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bound = False
+        self._serving = False
+
+    # -- life -------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._udp is None:
+            raise Internal("the OSC server is not bound yet: call start() first")
+        return int(self._udp.getsockname()[1])
+
+    def bind(self) -> None:
+        """Open the sockets (UDP, and TCP on the same port number)."""
+        if self._bound:
+            return
+        family, address = self._resolve(self.host, self.config.port)
+        for _attempt in range(20):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                udp.bind(address)
+            except OSError as exc:
+                udp.close()
+                raise BadArgs(f"cannot listen on UDP {self.host}:{self.config.port}: {exc.strerror}. Is another "
+                              "bridge running? Pick another --port") from None
+            port = udp.getsockname()[1]
+            tcp = None
+            if self.tcp_enabled:
+                tcp = socket.socket(family, socket.SOCK_STREAM)
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    tcp.bind((address[0], port, *address[2:]))
+                except OSError as exc:
+                    tcp.close()
+                    udp.close()
+                    if self.config.port == 0 and exc.errno == errno.EADDRINUSE:
+                        continue  # the free UDP port is taken for TCP: try another
+                    raise BadArgs(f"cannot listen on TCP {self.host}:{port}: {exc.strerror}. Pick another --port, "
+                                  "or free the port") from None
+                tcp.listen(16)
+                tcp.setblocking(False)
+            break
+        else:
+            raise BadArgs("could not find a port free for both UDP and TCP; give one with --port")
+        udp.setblocking(False)
+        with contextlib.suppress(OSError):
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._udp, self._tcp = udp, tcp
+        self.router.sock = udp
+        selector = selectors.DefaultSelector()
+        selector.register(udp, selectors.EVENT_READ, "udp")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if tcp is not None:
+            selector.register(tcp, selectors.EVENT_READ, "listen")
+        self._selector = selector
+        self._bound = True
+        log.info("OSC on %s:%d (UDP%s)", self.host, self.port, " and TCP" if tcp is not None else "")
+
+    @staticmethod
+    def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+        try:
+            infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise BadArgs(f"cannot resolve host {host!r}: {exc.strerror}; give an address like 127.0.0.1") from None
+        family, _type, _proto, _name, address = infos[0]
+        return family, tuple(address)
+
+    def start(self) -> None:
+        """Bind, start the job worker, and serve in a background thread."""
+        self.bind()
+        self.jobs.start()
+        self._thread = threading.Thread(target=self._loop, name="musicgen-osc", daemon=True)
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        """Bind, start the job worker, and serve in this thread until :meth:`stop`."""
+        self.bind()
+        self.jobs.start()
+        self._loop()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel and report every job, then close the sockets. Safe to call twice."""
+        self.jobs.close(timeout)
+        self._stop.set()
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        elif self._serving and self._thread is None:
+            self._stopped.wait(timeout)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for conn in list(self._connections):
+            conn.close(linger=1.0)
+        self._connections.clear()
+        for sock in (self._udp, self._tcp, self._wake_r, self._wake_w):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\x00")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        selector = self._selector
+        if selector is None:
+            raise Internal("the OSC server loop started before bind()")
+        self._serving = True
+        try:
+            while not self._stop.is_set():
+                for key, mask in selector.select(timeout=0.25):
+                    what = key.data
+                    if what == "udp":
+                        self._read_udp()
+                    elif what == "listen":
+                        self._accept()
+                    elif what == "wake":
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(4096)
+                    elif isinstance(what, Connection):
+                        if mask & selectors.EVENT_READ:
+                            self._read_tcp(what)
+                        if mask & selectors.EVENT_WRITE:
+                            what.flush()
+                self._tend_connections(selector)
+            # stop() reported the cancelled jobs before setting _stop: send what is still pending
+            for conn in list(self._connections):
+                conn.flush()
+        finally:
+            self._stopped.set()
+
+    def _read_udp(self) -> None:
+        udp = self._udp
+        if udp is None:
+            return
+        for _ in range(UDP_BURST):
+            try:
+                data, sender = udp.recvfrom(MAX_PACKET + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("UDP receive error: %s", exc)
+                return
+            self.stats.add("datagrams")
+            self.handle_packet(UdpPeer(str(sender[0])), data)
+
+    def _accept(self) -> None:
+        if self._tcp is None:
+            return
+        try:
+            sock, address = self._tcp.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("TCP accept failed: %s", exc)
+            return
+        if len(self._connections) >= self.max_connections:
+            self.stats.add("tcp_refused")
+            log.warning("refusing TCP client %s: already %d connections", address, len(self._connections))
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = Connection(sock, address, self._wake)
+        self._connections.add(conn)
+        self.stats.add("tcp_accepted")
+        if self._selector is not None:
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _read_tcp(self, conn: Connection) -> None:
+        if conn.closed or conn.closing:
+            return
+        try:
+            data = conn.sock.recv(MAX_PACKET)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("TCP client %s: %s", conn.address, exc)
+            data = b""
+        if not data:
+            conn.closing = True  # the client hung up; send what is pending, then close
+            return
+        now = time.monotonic()
+        conn.last_read = now
+        if conn.reader is None:
+            conn.framing = detect_framing(data[0])
+            conn.reader = FrameReader(conn.framing)
+        peer = TcpPeer(conn)
+        for item in conn.reader.feed(data):
+            if isinstance(item, FrameError):
+                self.stats.add("malformed")
+                if not self.token:
+                    self.router.send(peer, "/musicgen/fail", ["", "", "bad_args", f"bad TCP frame: {item.message}"])
+                if item.fatal:
+                    conn.closing = True
+                    return
+            else:
+                self.handle_packet(peer, item)
+        conn.partial_since = (conn.partial_since or now) if conn.reader.pending else None
+
+    def _tend_connections(self, selector: selectors.BaseSelector) -> None:
+        """Flush output, time out stalled frames and idle clients, forget closed connections."""
+        now = time.monotonic()
+        for conn in list(self._connections):
+            if not conn.closed and conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
+                self.stats.add("tcp_timeouts")
+                pending = conn.reader.pending if conn.reader is not None else 0
+                if not self.token:
+                    conn.send(encode_message("/musicgen/fail", ["", "", "bad_args",
+                              f"incomplete TCP frame: {pending} bytes and nothing more for {self.read_timeout:g} s"]))
+                conn.closing = True
+                conn.partial_since = None
+            elif (not conn.closed and self.idle_timeout and now - conn.last_read > self.idle_timeout
+                  and not conn.has_output()):
+                conn.closing = True
+            if conn.has_output():
+                conn.flush()
+            if conn.closing and not conn.has_output():
+                conn.close()
+            if conn.closed:
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(conn.sock)
+                self._connections.discard(conn)
+                continue
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.has_output() else 0)
+            if selector.get_key(conn.sock).events != events:
+                selector.modify(conn.sock, events, conn)
+
+    # -- messages ---------------------------------------------------------------------------
+    def handle_packet(self, origin: Any, data: bytes) -> None:
+        """Every message in one packet (a bundle's in order), each answered on its own."""
+        for item in decode_packet(data):
+            if isinstance(item, BadPacket):
+                self.stats.add("malformed")
+                if self.token:
+                    log.debug("malformed packet from %s (not answered: a token is required): %s", origin, item)
+                else:
+                    self.router.send(origin, "/musicgen/fail", [item.address, "", "bad_args", item.message])
+            else:
+                self.handle_message(origin, item.address, item.args)
+
+    def handle_message(self, origin: Any, address: str, args: Sequence[Any]) -> None:
+        """Run one message's route; any error becomes ``/musicgen/fail <address> <id> <code> <message>``."""
+        self.stats.add("messages")
+        route = self.routes.get(address)
+        job_id = ""
+        if route is not None and route.takes_job_id and args and isinstance(args[0], (str, int)):
+            job_id = str(args[0])
+        try:
+            args = self._check_token(args, len(route.params) if route is not None else 0)
+            if route is None:
+                self.router.send(origin, "/musicgen/fail", [
+                    address, "", "unknown_address",
+                    f"no address {address}{self.routes.suggest(address)}: /musicgen/api/list lists them"])
+                return
+            ctx = Context(address=address, bridge=self.bridge, jobs=self.jobs, routes=self.routes,
+                          reply=lambda a, v: self.router.send(origin, a, v), peers=self._peers(origin), origin=origin)
+            route.call(ctx, args)
+        except BridgeError as exc:
+            if isinstance(exc, Unauthorized):
+                self.stats.add("unauthorized")
+            self.router.send(origin, "/musicgen/fail", [address, job_id, exc.code, exc.message])
+        except Exception as exc:
+            log.exception("bug while handling %s %r", address, list(args))
+            self.router.send(origin, "/musicgen/fail", [
+                address, job_id, "internal",
+                f"the bridge hit a bug handling {address} ({type(exc).__name__}: {exc}); please report it with the "
+                "daemon's log"])
+
+    def _check_token(self, args: Sequence[Any], first_option: int) -> list[Any]:
+        """Take the ``token`` option out of ``args``; raise Unauthorized when it is required and wrong."""
+        given: Any = None
+        rest = list(args)
+        for i in range(len(rest) - 2, first_option - 1, -2):
+            if rest[i] == "token":
+                given = rest[i + 1]
+                del rest[i : i + 2]
+                break
+        if self.token is not None and not (
+                isinstance(given, str) and hmac.compare_digest(given.encode(), self.token.encode())):
+            what = "without the" if given is None else "with a wrong"
+            raise Unauthorized(f"request {what} shared token: add `token <the token the bridge was started with>` "
+                               "to the message's options")
+        return rest
+
+    def _peers(self, origin: Any) -> HostPeers:
+        host = origin.conn.host if isinstance(origin, TcpPeer) else getattr(origin, "host", self.router.default_host)
+        return HostPeers(self.router, host)
+
+    # -- jobs from elsewhere ----------------------------------------------------------------
+    def submit(self, request: Any, job_id: str = "", address: str = "/musicgen/generate") -> Job:
+        """Queue a job from MIDI or the CLI: its replies go to every registered port and the default one."""
+        return self.jobs.submit(request, job_id=job_id, address=address, origin=None)

@@ -1,0 +1,18 @@
+-- @description MusicGen: generate bars at the project tempo and insert them at the edit cursor
+-- @author musicgen-bridge
+-- @version 0.2.0
+-- @about
+--   Asks for a prompt and a number of bars, sends /musicgen/generate to a running
+--   `musicgen-bridge serve` with the project's tempo and time signature at the edit cursor, and
+--   inserts the result (exactly that many bars long) at the edit cursor on the selected track.
+local dir = ({ reaper.get_action_context() })[2]:match("^(.*[/\\])") or "./"
+package.path = dir .. "?.lua;" .. package.path
+local mg = require("musicgen_lib")
+
+local prompt, bars = mg.ask("MusicGen: generate", "Prompt", "dusty lofi keys", 4, true)
+if not prompt then return end
+local position = reaper.GetCursorPosition()
+local track = reaper.GetSelectedTrack(0, 0)
+mg.request("/musicgen/generate", { mg.new_id("gen"), prompt, 0.0, table.unpack(mg.bar_options(bars, position)) },
+  function(paths) mg.insert_at(paths[1], position, track) end,
+  mg.fail_box)
