@@ -109,6 +109,7 @@ class Bridge:
             "model": loaded.name,
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
+            "precision": loaded.precision,
             "sample_rate": loaded.sample_rate,
             "channels": loaded.channels,
             "melody": loaded.is_melody,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from bridge import __version__
+from bridge.config import PRECISION_HELP
 from bridge.errors import BridgeError
 
 EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
@@ -56,7 +57,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id, local folder, or a built-in (tiny-random, "
                    "tiny-random-melody, small-arch-random, ...); default facebook/musicgen-small")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default=None, help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--precision", default=None, help=PRECISION_HELP)
     p.add_argument("--output-dir", default=None, type=Path, help="where results go (default ~/MusicGenBridge/out)")
     p.add_argument("--config", default=None, type=Path, help="a YAML file of settings")
 

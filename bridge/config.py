@@ -18,6 +18,10 @@ DEFAULT_MODEL = "facebook/musicgen-small"
 ENV_PREFIX = "MUSICGEN_BRIDGE_"
 
 
+PRECISION_HELP = ("how the decoder stores its weights: auto (default: int8 on CPU, fp16 on a GPU), fp32, fp16, bf16, "
+                  "int8, int4 (fastest on CPU, audibly lossy); see the README's speed section")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the daemon is built from. Frozen: pass it down, never change it."""

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from bridge.config import PRECISION_HELP
+
 
 def add_parsers(sub: Any) -> None:
     devices = sub.add_parser("devices", help="list the audio outputs sounddevice sees")
@@ -34,7 +36,7 @@ def add_parsers(sub: Any) -> None:
     jam.add_argument("--guidance", type=float, default=3.0)
     jam.add_argument("--model", default=None, help="as for generate (default facebook/musicgen-small)")
     jam.add_argument("--device", default=None, help="auto, cpu, cuda, mps")
-    jam.add_argument("--precision", default=None)
+    jam.add_argument("--precision", default=None, help=PRECISION_HELP)
     jam.add_argument("--output-dir", type=Path, default=None)
     jam.add_argument("--config", type=Path, default=None)
     jam.set_defaults(handler=_jam)

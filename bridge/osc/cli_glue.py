@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
+from bridge.config import PRECISION_HELP
 from bridge.errors import BadArgs
 
 DEFAULT_PORT = 9000
@@ -42,7 +43,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hugging Face id, local folder, or a built-in (tiny-random, ...); "
                    "default facebook/musicgen-small")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--precision", default=None, help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--precision", default=None, help=PRECISION_HELP)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; any other needs --token)")
     p.add_argument("--port", type=int, default=None, help=f"UDP and TCP port (default {DEFAULT_PORT})")
     p.add_argument("--reply-port", type=int, default=None,
@@ -124,7 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = _install_signal_handlers(stop)
     try:
         try:
-            sys.stderr.write(f"musicgen-bridge {__version__}: {info['model']} on {info['device']}; OSC (UDP and TCP) "
+            sys.stderr.write(f"musicgen-bridge {__version__}: {info['model']} on {info['device']} "
+                             f"({info.get('precision', info['dtype'])}); OSC (UDP and TCP) "
                              f"on {config.host}:{server.port}, replies to port {config.reply_port}. Ctrl-C stops.\n")
             sys.stderr.flush()
             while not stop.wait(0.5):
