@@ -151,7 +151,7 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
                 on_segment(segment.index, path, segment.start_sample / rate)
             speed = 1.0 / max(take.slowest_ratio(), 1e-9)
             preroll = preroll_for(speed, seconds, total)
-            if speed < 1.0 and not warned and not started_playing:
+            if speed < 1.0 and player is not None and not warned and not started_playing:
                 warned = True
                 (warn or log.warning)(f"this machine generates at {speed:.2f}x real time: pre-rolling {preroll:.1f} s "
                                       f"before playback so {total:.0f} s play without a gap")
