@@ -52,6 +52,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-baseline", action="store_true", help="time the bridge alone (no speedup then)")
+    p.add_argument("--jam-segments", type=int, default=3, help="after the runs, time this many jam segments "
+                   "(default 3; 0 skips): generation time over segment length, time to the first segment")
+    p.add_argument("--jam-bars", type=int, default=1, help="bars per jam segment, at 120 bpm in 4/4 (default 1)")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     p.set_defaults(handler=run_bench)
 
@@ -215,6 +218,28 @@ class Bench:
                          peak_memory=self.memory.result())
 
 
+def time_jam(bench: Bench, segments: int, bars: int) -> dict[str, Any]:
+    """Run the jam as the daemon does (each segment continues the tokens of the ones before) and time it."""
+    from bridge.jam import Jam, JamSettings  # noqa: PLC0415
+
+    jam = Jam(bench.engine, JamSettings(prompt=bench.prompt, bpm=120.0, bars=bars, seed=bench.seed))
+    lengths, times = [], []
+    started = time.perf_counter()
+    first = 0.0
+    for index in range(segments):
+        segment = jam.next_segment()
+        bench._sync()
+        if index == 0:
+            first = time.perf_counter() - started
+        lengths.append(segment.audio.shape[-1] / bench.engine.sample_rate)
+        times.append(segment.generation_seconds)
+    ratios = [t / a for t, a in zip(times, lengths, strict=True)]
+    return {"segments": segments, "bars": bars, "bpm": 120.0, "segment_seconds": lengths,
+            "generation_seconds": times, "generation_over_length": ratios,
+            "generation_over_length_median": statistics.median(ratios),
+            "generation_over_length_max": max(ratios), "time_to_first_segment": first}
+
+
 def _summary(runs: list[RunTiming], frames: int, frame_rate: float) -> dict[str, Any]:
     """Medians over the runs; early and late are the first and last tenth of the steps."""
     early, late, all_steps = [], [], []
@@ -292,6 +317,12 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("".ljust(width) + "".join(name.ljust(col) for name, _ in columns))
     for label, cell in rows:
         lines.append(label.ljust(width) + "".join(cell(data).ljust(col) for _, data in columns))
+    jam = result.get("jam")
+    if jam:
+        lines.append(f"jam: {jam['segments']} segments of {jam['segment_seconds'][0]:.2f} s; generation time / "
+                     f"segment length {jam['generation_over_length_median']:.2f} median, "
+                     f"{jam['generation_over_length_max']:.2f} max; first segment after "
+                     f"{jam['time_to_first_segment']:.2f} s")
     if result.get("speedup") is not None:
         lines.append(f"speedup (generate wall time / bridge wall time): {result['speedup']:.2f}x")
     return "\n".join(line.rstrip() for line in lines)
@@ -305,6 +336,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0 or args.runs < 1:
         raise BadArgs("bench needs --seconds above 0 and --runs of at least 1")
+    if args.jam_segments < 0 or not 1 <= args.jam_bars <= 8:
+        raise BadArgs("--jam-segments must be 0 or more and --jam-bars from 1 to 8")
     if args.threads is not None:
         if args.threads < 1:
             raise BadArgs("--threads must be at least 1")
@@ -349,6 +382,9 @@ def run_bench(args: argparse.Namespace) -> int:
         result["baseline"] = {"device": str(bench.device), "precision": base_dtype,
                               **_summary(timings["baseline"], frames, bench.loaded.frame_rate)}
         result["speedup"] = result["baseline"]["seconds"] / result["bridge"]["seconds"]
+    if args.jam_segments:
+        err.write(f"timing {args.jam_segments} jam segment(s) ...\n")
+        result["jam"] = time_jam(bench, args.jam_segments, args.jam_bars)
     table = format_table(result)
     sys.stdout.write(table + "\n")
     if args.json is not None:

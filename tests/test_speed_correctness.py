@@ -190,10 +190,16 @@ def test_bench_command_writes_json_and_a_table(tmp_path):
     assert data["bridge"]["precision"] == "int8" and data["baseline"]["precision"] == "fp32"
     assert data["bridge"]["time_to_first_audio"] <= data["bridge"]["seconds"]
     assert "speedup" in proc.stdout and "ms per step, early" in proc.stdout
+    jam = data["jam"]  # 3 one-bar segments at 120 bpm, each continuing the last
+    assert jam["segment_seconds"] == [2.0, 2.0, 2.0]
+    assert len(jam["generation_over_length"]) == 3 and jam["generation_over_length_max"] > 0
+    assert 0 < jam["time_to_first_segment"] <= sum(jam["generation_seconds"])
+    assert "jam: 3 segments of 2.00 s" in proc.stdout
 
 
 def test_bench_rejects_bad_arguments():
-    proc = subprocess.run([sys.executable, "-m", "bridge.cli", "bench", "--seconds", "0"], check=False,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "bad_args" in proc.stderr
+    for bad in (["--seconds", "0"], ["--jam-segments", "-1"], ["--jam-bars", "0"]):
+        proc = subprocess.run([sys.executable, "-m", "bridge.cli", "bench", *bad], check=False,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, bad
+        assert "bad_args" in proc.stderr
