@@ -186,10 +186,14 @@ class Bridge:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, job_id: str, request: Request, progress: Callable[[float], None],
-            is_cancelled: Callable[[], bool], on_chunk: Callable[[Chunk], None] | None = None) -> JobResult:
-        """Generate, post-process and write the files for one job. Blocks; one caller at a time."""
+            is_cancelled: Callable[[], bool], on_chunk: Callable[[Chunk], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> JobResult:
+        """Generate, post-process and write the files for one job. Blocks; one caller at a time.
+
+        ``on_warning`` hears what the user should know while the job runs (a jam slower than real time).
+        """
         if request.mode == "jam":
-            return self._run_jam(job_id, request, is_cancelled, on_chunk)
+            return self._run_jam(job_id, request, is_cancelled, on_chunk, on_warning)
         started = time.monotonic()
         player = self.player() if request.play else None  # no device: fail before generating
         clip = audio.read_clip(request.clip) if request.clip else None
@@ -312,7 +316,8 @@ class Bridge:
         self._jam_stop.set()
 
     def _run_jam(self, job_id: str, request: Request, is_cancelled: Callable[[], bool],
-                 on_chunk: Callable[[Chunk], None] | None) -> JobResult:
+                 on_chunk: Callable[[Chunk], None] | None,
+                 on_warning: Callable[[str], None] | None = None) -> JobResult:
         from bridge.jam import Jam, JamSettings  # noqa: PLC0415
         from bridge.jam_runner import run_jam  # noqa: PLC0415
 
@@ -328,6 +333,11 @@ class Bridge:
         def stop() -> bool:
             return self._jam_stop.is_set()
 
+        def warn(message: str) -> None:
+            log.warning("jam %s: %s", job_id, message)
+            if on_warning is not None:
+                on_warning(message)
+
         def announce(index: int, path: Path, start: float) -> None:
             if on_chunk is not None:
                 seconds = sf_frames(path) / self.engine.sample_rate
@@ -335,7 +345,7 @@ class Bridge:
 
         try:
             take = run_jam(self._jam, folder, lambda: stop() or is_cancelled(), player=player,
-                           on_segment=announce)
+                           on_segment=announce, warn=warn)
         finally:
             self._jam = None
         if is_cancelled():

@@ -43,7 +43,8 @@ class Runner(Protocol):
 
     def run(self, job_id: str, request: Request, progress: Callable[[float], None],
             is_cancelled: Callable[[], bool],
-            on_chunk: Callable[[Chunk], None] | None = None) -> JobResult: ...
+            on_chunk: Callable[[Chunk], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> JobResult: ...
 
 
 class JobListener(Protocol):
@@ -54,6 +55,8 @@ class JobListener(Protocol):
     def progress(self, job: Job, fraction: float) -> None: ...
 
     def chunk(self, job: Job, chunk: Chunk) -> None: ...
+
+    def warning(self, job: Job, message: str) -> None: ...
 
     def done(self, job: Job, result: JobResult) -> None: ...
 
@@ -71,6 +74,9 @@ class NullListener:
 
     def chunk(self, job: Job, chunk: Chunk) -> None:
         del job, chunk
+
+    def warning(self, job: Job, message: str) -> None:
+        del job, message
 
     def done(self, job: Job, result: JobResult) -> None:
         del job, result
@@ -275,8 +281,11 @@ class JobQueue:
         def on_chunk(chunk: Chunk) -> None:
             self._emit("chunk", job, chunk)
 
+        def on_warning(message: str) -> None:
+            self._emit("warning", job, message)
+
         try:
-            result = self.bridge.run(job.id, job.request, progress, job.is_cancelled, on_chunk)
+            result = self.bridge.run(job.id, job.request, progress, job.is_cancelled, on_chunk, on_warning)
         except Cancelled as exc:
             self._finish(job, error=Cancelled(job._cancel_reason or exc.message))
         except BridgeError as exc:

@@ -119,8 +119,10 @@ class FakeBridge:
             raise _NotFound(f"no preset {bank}/{preset}: the fake knows demo/keys")
         return self.make_request("text", "lofi keys", 0.5, None, options)
 
-    def run(self, job_id, request, progress, is_cancelled, on_chunk=None) -> _JobResult:
+    def run(self, job_id, request, progress, is_cancelled, on_chunk=None, on_warning=None) -> _JobResult:
         self.started.put(job_id)
+        if request.prompt == "warn me" and on_warning is not None:
+            on_warning("the fake is slower than real time")
         if request.clip:
             _read_clip(request.clip)
         if request.prompt == "raise model_error":

@@ -85,3 +85,78 @@ def test_run_jam_writes_segments_and_the_take(tiny_engine, tmp_path):
     assert rate == 32000 and data.shape[0] == 3 * 64000
     joined = np.concatenate([sf.read(p, always_2d=True)[0] for p in take.segments], axis=0)
     np.testing.assert_array_equal(joined, data)
+
+
+class _RecordingPlayer:
+    """A stand-in for the output device (unit test): records what the runner asks of it."""
+
+    sample_rate = 32000
+    channels = 2
+    underruns = 0
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+        self.queued = 0.0
+        self.open_start_seconds: float | None = None
+
+    def open(self, record=False, start_seconds=None):
+        self.open_start_seconds = start_seconds
+
+    def write(self, data):
+        self.queued += data.shape[1] / self.sample_rate
+        return data.shape[1]
+
+    def start(self):
+        self.events.append(("start", self.queued))
+
+    def finish(self):
+        self.events.append(("finish", self.queued))
+
+    def wait(self, timeout=None):
+        return True
+
+    def stop(self):
+        self.events.append(("stop", self.queued))
+
+
+def _slowed(jam, generation_seconds):
+    """Make every segment report ``generation_seconds`` of generation (as a slow machine would)."""
+    import dataclasses
+
+    real = jam.next_segment
+
+    def next_segment(is_cancelled=None):
+        return dataclasses.replace(real(is_cancelled=is_cancelled), generation_seconds=generation_seconds)
+
+    jam.next_segment = next_segment
+    return jam
+
+
+def test_playback_waits_for_two_segments_when_faster_than_real_time(tiny_engine, tmp_path):
+    from bridge.jam_runner import run_jam
+
+    player = _RecordingPlayer()
+    warnings = []
+    jam = _slowed(Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2)), 0.5)
+    take = run_jam(jam, tmp_path / "jam", should_stop=lambda: False, player=player, for_seconds=8.0,
+                   warn=warnings.append)
+    assert player.open_start_seconds is not None and player.open_start_seconds > 60  # the runner decides
+    kind, queued_at_start = player.events[0]
+    assert kind == "start" and queued_at_start >= 4.0 - 0.05  # two 2 s bars (less the resampler's hold-back)
+    assert take.preroll_seconds == 4.0 and warnings == []
+    assert take.realtime_factor == pytest.approx(4.0)
+
+
+def test_a_slow_machine_pre_rolls_and_says_so_once(tiny_engine, tmp_path):
+    from bridge.jam_runner import SLOW_MARGIN, run_jam
+
+    player = _RecordingPlayer()
+    warnings = []
+    jam = _slowed(Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2)), 4.0)  # 0.5x
+    take = run_jam(jam, tmp_path / "jam", should_stop=lambda: False, player=player, for_seconds=12.0,
+                   warn=warnings.append)
+    assert len(warnings) == 1 and "0.50x real time" in warnings[0]
+    # enough that the rest is generated while the queue plays: 12 * (1 - 0.5) * margin + one bar, in whole bars
+    needed = 12.0 * 0.5 * SLOW_MARGIN + 2.0
+    assert take.preroll_seconds == pytest.approx(2.0 * -(-needed // 2.0))
+    assert [e[0] for e in player.events] == ["start", "finish"]

@@ -35,6 +35,9 @@ class Recorder:
     def chunk(self, job, chunk):
         self._add("chunk", job.id, chunk.index)
 
+    def warning(self, job, message):
+        self._add("warning", job.id, message)
+
     def done(self, job, result):
         self._add("done", job.id, result)
 

@@ -64,6 +64,14 @@ def test_stream_sends_chunks_before_done(osc_server):
     client.expect("/musicgen/done")
 
 
+def test_a_warning_reaches_the_client_before_the_job_ends(osc_server):
+    _server, client = osc_server()
+    client.send("/musicgen/generate", "w1", "warn me", 0.5)
+    warning = client.expect("/musicgen/warning")
+    assert warning.args == ("w1", "the fake is slower than real time")
+    assert client.expect("/musicgen/done").args[:2] == ("/musicgen/generate", "w1")
+
+
 def test_preset_runs_and_unknown_preset_is_not_found(osc_server):
     _server, client = osc_server()
     client.send("/musicgen/preset", "p1", "demo", "keys")

@@ -231,6 +231,9 @@ class ReplyRouter:
         self.send(job.origin, "/musicgen/chunk", [job.id, chunk.index, str(chunk.path), float(chunk.start_seconds),
                                                   float(chunk.seconds)])
 
+    def warning(self, job: Job, message: str) -> None:
+        self.send(job.origin, "/musicgen/warning", [job.id, message])
+
     def done(self, job: Job, result: JobResult) -> None:
         paths = [str(p) for p in result.paths]
         if not paths:

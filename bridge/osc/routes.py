@@ -372,7 +372,7 @@ def job(ctx: Context, *, job_id: str) -> None:
 def jam_start(ctx: Context, *, job_id: str, prompt: str, options: dict[str, Any]) -> None:
     """Start a live jam: the bridge keeps continuing its own output through the speakers, in segments of `bars` bars at `bpm` (`play 0`: files only).
 
-    Replies: `/musicgen/queued <id> <position>`, `/musicgen/jam/segment <id> <index> <path>` per segment, then `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` after `/musicgen/jam/stop`
+    Replies: `/musicgen/queued <id> <position>`, `/musicgen/jam/segment <id> <index> <path>` per segment, `/musicgen/warning <id> <message>` when the machine generates slower than real time (it pre-rolls, saying how long), then `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` after `/musicgen/jam/stop`
     """
     request = ctx.bridge.make_request("jam", prompt, None, None, {"play": True} | options)
     ctx.submit(job_id, request)
