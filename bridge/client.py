@@ -177,6 +177,10 @@ def _collect(receive: Any, matcher: _Matcher, timeout: float, progress: TextIO |
                     message.args[0]) == matcher.job_id and len(message.args) > 1:
                 progress.write(f"\r{matcher.job_id}: {float(message.args[1]) * 100:5.1f}%")
                 progress.flush()
+            if progress is not None and message.address == "/musicgen/warning" and len(message.args) > 1 and str(
+                    message.args[0]) == matcher.job_id:
+                progress.write(f"\n{matcher.job_id}: warning: {message.args[1]}\n")
+                progress.flush()
             outcome = matcher.outcome(message)
             if outcome is not None:
                 if progress is not None and matcher.job_id:

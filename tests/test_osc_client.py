@@ -46,6 +46,16 @@ def test_wait_prints_the_result_paths(osc_server, capsys):
     assert all(Path(p).is_absolute() for p in paths)
 
 
+def test_wait_shows_the_jobs_warnings(osc_server, capsys):
+    server, _ = osc_server()
+    code = main(["send", "/musicgen/generate", "w2", "warn me", "1", "--port", str(server.port), "--wait",
+                 "--timeout", "10"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "w2: warning: the fake is slower than real time" in out.err
+    assert len(out.out.split()) == 1  # stdout stays the result path only
+
+
 def test_wait_on_a_failure_exits_non_zero_with_the_message(osc_server, capsys):
     server, _ = osc_server()
     code = main(["send", "/musicgen/generate", "m1", "raise model_error", "1", "--port", str(server.port),
