@@ -2,7 +2,7 @@
 # make test    install everything the tests need and run them
 # make lint    ruff and mypy
 PYTHON ?= python3
-APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket
+APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket g++
 
 .PHONY: install install-test system-deps serve test lint demo
 
@@ -14,7 +14,8 @@ install-test:
 	$(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -e '.[test]'
 
-# Real peers for the tests: liblo's oscsend/oscdump, JACK's dummy backend, PortAudio, Lua.
+# Real peers for the tests: liblo's oscsend/oscdump, JACK's dummy backend, PortAudio, Lua; g++ builds
+# the native int8 kernel (bridge/kernels).
 system-deps:
 	@if command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -110,6 +110,7 @@ class Bridge:
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
             "precision": loaded.precision,
+            "kernel": self.engine.loop.fast.describe() if self.engine.loop.fast is not None else "transformers",
             "sample_rate": loaded.sample_rate,
             "channels": loaded.channels,
             "melody": loaded.is_melody,

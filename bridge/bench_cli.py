@@ -323,6 +323,8 @@ def format_table(result: dict[str, Any]) -> str:
                      f"segment length {jam['generation_over_length_median']:.2f} median, "
                      f"{jam['generation_over_length_max']:.2f} max; first segment after "
                      f"{jam['time_to_first_segment']:.2f} s")
+    if result["bridge"].get("kernel"):
+        lines.append(f"bridge's matrix kernel: {result['bridge']['kernel']}")
     if result.get("speedup") is not None:
         lines.append(f"speedup (generate wall time / bridge wall time): {result['speedup']:.2f}x")
     return "\n".join(line.rstrip() for line in lines)
@@ -376,7 +378,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     base_dtype = "fp16" if bench.device.type == "cuda" else "fp32"
+    fast = bench.engine.loop.fast
     result["bridge"] = {"device": str(bench.device), "precision": bench.loaded.precision,
+                        "kernel": fast.describe() if fast is not None else "transformers",
                         **_summary(timings["bridge"], frames, bench.loaded.frame_rate)}
     if "baseline" in timings:
         result["baseline"] = {"device": str(bench.device), "precision": base_dtype,

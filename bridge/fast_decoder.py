@@ -12,8 +12,10 @@ tokens of one step into the logits of the next. Precisions (``weights``):
 
 - ``fp32``: the checkpoint's own tensors, unchanged: greedy tokens equal ``generate``'s.
 - ``bf16``: weights rounded to bfloat16, matmuls in bf16 with fp32 accumulation, KV cache in bf16.
-- ``int8``: the transformer's linear layers as int8 with one scale per output channel (weight-only:
-  activations stay bf16), embeddings and the codebook heads in bf16.
+- ``int8``: the transformer's linear layers as int8 with one scale per output channel, embeddings and
+  the codebook heads in bf16. On CPUs with AVX-512 VNNI the native kernel (``bridge/kernels``)
+  multiplies them with the activations quantized per row to 15 bits (finer than bf16); elsewhere
+  torch's weight-only kernel does, with bf16 activations.
 - ``int4``: 4-bit groups of 32 input channels: the fastest on CPU, and audibly lossy (a sketch mode).
 - ``fp16``: half weights and cache (the GPU default).
 """
@@ -27,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from bridge import kernels
+
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
 
@@ -36,9 +40,10 @@ def _has_mkldnn_linear() -> bool:
 
 
 class PackedLinear:
-    """``y = x @ W.T`` with ``W`` stored as asked; input and output in the compute dtype."""
+    """``y = x @ W.T`` with ``W`` stored as asked; input and output in the compute dtype, except the
+    native int8 kernel's (``kind == "int8-native"``), which takes fp32 or bf16 and gives fp32."""
 
-    def __init__(self, weight: torch.Tensor, weights: str, device: torch.device) -> None:
+    def __init__(self, weight: torch.Tensor, weights: str, device: torch.device, native: bool = False) -> None:
         self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
         self.kind = "dense"
         self.scales = torch.empty(0)
@@ -48,9 +53,16 @@ class PackedLinear:
         elif weights == "int8":
             w32 = w.float()
             scales = w32.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            self.weight = torch.round(w32 / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            self.scales = scales.to(torch.bfloat16)
-            self.kind = "int8"
+            quantized = torch.round(w32 / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            if native and kernels.fits_int8_kernel(self.out_features, self.in_features):
+                # the native kernel (bridge/kernels): its interleaved layout, fp32 scales, fp32 out
+                self.weight = kernels.pack_int8_weight(quantized)
+                self.scales = scales.contiguous()
+                self.kind = "int8-native"
+            else:
+                self.weight = quantized
+                self.scales = scales.to(torch.bfloat16)
+                self.kind = "int8"
         elif weights == "bf16" and device.type == "cpu" and _has_mkldnn_linear():
             # oneDNN's blocked layout: its bf16 kernels (AMX where the CPU has it) read it ~1.4x faster
             self.weight = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous())
@@ -78,21 +90,45 @@ class PackedLinear:
             return F.linear(x, self.weight)
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
-        if self.kind == "mkldnn":
+        if self.kind == "int8-native":
+            if flat.shape[0] <= kernels.MAX_ROWS:
+                out = torch.ops.musicgen_bridge.int8_linear(flat, self.weight, self.scales)
+            else:
+                weight = kernels.unpack_int8_weight(self.weight).to(flat.dtype) * self.scales[:, None].to(flat.dtype)
+                out = F.linear(flat, weight)
+        elif self.kind == "mkldnn":
             out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
         elif self.kind == "int4":
             out = torch._weight_int4pack_mm_for_cpu(flat, self.weight, INT4_GROUP, self.scales)
         elif flat.shape[0] <= 64:
-            out = torch._weight_int8pack_mm(flat, self.weight, self.scales)
+            out = torch._weight_int8pack_mm(flat.to(self.scales.dtype), self.weight, self.scales)
         else:
             # long prompts: the weight-only kernel is made for a few rows; dequantize once instead
             out = F.linear(flat, self.weight.to(flat.dtype) * self.scales[:, None].to(flat.dtype))
         return out.reshape(*lead, self.out_features)
 
+    def fused(self, x: torch.Tensor, residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """``residual + act(x @ W.T)``, ``act`` the exact GELU or nothing: fp32 with a residual (the
+        residual stream), else the layer's own output dtype. The native int8 kernel does both while its
+        outputs are in cache; other kinds run them as separate ops."""
+        if self.kind == "int8-native" and x.reshape(-1, self.in_features).shape[0] <= kernels.MAX_ROWS:
+            if residual is not None and not residual.is_contiguous():
+                residual = residual.contiguous()
+            return torch.ops.musicgen_bridge.int8_linear(x, self.weight, self.scales, int(gelu), residual)
+        out = self(x)
+        if gelu:
+            out = F.gelu(out)
+        return out if residual is None else residual + out.float()
+
     def nbytes(self) -> int:
         bits = {"mkldnn": 16, "int4": 4}.get(self.kind, self.weight.element_size() * 8)
         size = self.out_features * self.in_features * bits // 8
-        return size + self.scales.numel() * 2
+        return size + self.scales.numel() * self.scales.element_size()
+
+
+def _is_exact_gelu(activation: Any) -> bool:
+    """``F.gelu`` itself, or transformers' ``GELUActivation`` wrapping it (not the tanh or python forms)."""
+    return activation is F.gelu or getattr(activation, "act", None) is F.gelu
 
 
 @dataclass
@@ -123,6 +159,7 @@ class _Layer:
     fc1: PackedLinear
     fc2: PackedLinear
     activation: Callable[[torch.Tensor], torch.Tensor]
+    exact_gelu: bool  # the activation is transformers' "gelu" (erf form): fc1 may apply it itself
 
 
 class DecoderState:
@@ -148,7 +185,7 @@ class FastDecoder:
     runs tokens through it. Holds no per-generation state itself.
     """
 
-    def __init__(self, causal_lm: Any, weights: str = "fp32") -> None:
+    def __init__(self, causal_lm: Any, weights: str = "fp32", native_kernels: bool = True) -> None:
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {weights!r}: use one of {', '.join(WEIGHT_FORMATS)}")
         decoder = causal_lm.model.decoder
@@ -158,6 +195,12 @@ class FastDecoder:
             raise ValueError(f"{weights} weights are for the CPU: use fp16 on a GPU")
         self.weights = weights
         self.compute_dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(weights, torch.bfloat16)
+        self.kernel = kernels.KernelStatus(False, "no native kernel for these weights")
+        if weights == "int8" and native_kernels:
+            self.kernel = kernels.load_int8_kernel()
+        native = self.kernel.available
+        # what the linear layers take: the native int8 kernel reads the fp32 residual stream directly
+        self.linear_dtype = torch.float32 if native else self.compute_dtype
         self.num_codebooks = int(cfg.num_codebooks)
         self.hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
@@ -167,34 +210,43 @@ class FastDecoder:
         with torch.no_grad():
             self.embeddings = torch.stack([e.weight.detach().float() for e in decoder.embed_tokens])  # (K, V+1, D)
             self.positions = decoder.embed_positions.weights.detach().float()
-            self.layers = [self._layer(layer, weights, fuse) for layer in decoder.layers]
+            self.layers = [self._layer(layer, weights, fuse, native) for layer in decoder.layers]
             self.final_norm = _norm(decoder.layer_norm)
             heads = torch.cat([h.weight.detach() for h in causal_lm.lm_heads])  # (K*V, D)
             self.lm_heads = PackedLinear(heads, "bf16" if weights in ("int8", "int4") else weights, self.device)
         self.has_cross = self.layers[0].q_cross is not None
 
-    def _layer(self, layer: Any, weights: str, fuse: bool) -> _Layer:
+    def _layer(self, layer: Any, weights: str, fuse: bool, native: bool) -> _Layer:
+        def linear(weight: torch.Tensor) -> PackedLinear:
+            return PackedLinear(weight, weights, self.device, native)
+
         attn = layer.self_attn
         if fuse:
-            qkv_weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            qkv = [PackedLinear(qkv_weight, weights, self.device)]
+            qkv = [linear(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))]
         else:
-            qkv = [PackedLinear(p.weight, weights, self.device) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            qkv = [linear(p.weight) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
         cross = getattr(layer, "encoder_attn", None)
         return _Layer(
             norm_self=_norm(layer.self_attn_layer_norm),
             qkv=qkv,
-            out_self=PackedLinear(attn.out_proj.weight, weights, self.device),
+            out_self=linear(attn.out_proj.weight),
             norm_cross=None if cross is None else _norm(layer.encoder_attn_layer_norm),
-            q_cross=None if cross is None else PackedLinear(cross.q_proj.weight, weights, self.device),
-            out_cross=None if cross is None else PackedLinear(cross.out_proj.weight, weights, self.device),
+            q_cross=None if cross is None else linear(cross.q_proj.weight),
+            out_cross=None if cross is None else linear(cross.out_proj.weight),
             k_cross=None if cross is None else cross.k_proj.weight.detach(),
             v_cross=None if cross is None else cross.v_proj.weight.detach(),
             norm_mlp=_norm(layer.final_layer_norm),
-            fc1=PackedLinear(layer.fc1.weight, weights, self.device),
-            fc2=PackedLinear(layer.fc2.weight, weights, self.device),
+            fc1=linear(layer.fc1.weight),
+            fc2=linear(layer.fc2.weight),
             activation=layer.activation_fn,
+            exact_gelu=_is_exact_gelu(layer.activation_fn),
         )
+
+    def describe(self) -> str:
+        """What does the matrix work, in a few words (``info()``, the serve banner, ``bench``)."""
+        if self.weights == "int8":
+            return self.kernel.reason if self.kernel.available else f"torch's int8 kernel ({self.kernel.reason})"
+        return f"torch ({self.weights})"
 
     def nbytes(self) -> int:
         """Bytes of weights this decoder reads (besides the checkpoint's own modules)."""
@@ -279,8 +331,8 @@ class FastDecoder:
     def _layer_forward(self, layer: _Layer, hidden: torch.Tensor, state: DecoderState, index: int, start: int,
                        mask: torch.Tensor | None) -> torch.Tensor:
         rows, length = hidden.shape[0], hidden.shape[1]
-        dtype = self.compute_dtype
-        x = layer.norm_self(hidden).to(dtype)
+        dtype, linear_dtype = self.compute_dtype, self.linear_dtype
+        x = layer.norm_self(hidden).to(linear_dtype)
         if len(layer.qkv) == 1:
             q, k, v = layer.qkv[0](x).split(self.hidden, dim=-1)
         else:
@@ -289,19 +341,21 @@ class FastDecoder:
         keys, values = state.keys[index], state.values[index]
         keys[:, :, start:end] = self._split(k)
         values[:, :, start:end] = self._split(v)
-        attn = F.scaled_dot_product_attention(self._split(q), keys[:, :, :end], values[:, :, :end],
+        attn = F.scaled_dot_product_attention(self._split(q.to(dtype)), keys[:, :, :end], values[:, :, :end],
                                               attn_mask=mask, is_causal=length > 1 and start == 0)
         attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-        hidden = hidden + layer.out_self(attn).float()
+        hidden = layer.out_self.fused(attn, residual=hidden)
         if layer.q_cross is not None and layer.out_cross is not None and state.cross:
             assert layer.norm_cross is not None
-            x = layer.norm_cross(hidden).to(dtype)
+            x = layer.norm_cross(hidden).to(linear_dtype)
             ck, cv = state.cross[index]
-            attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x)), ck, cv, attn_mask=state.cross_mask)
+            attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x).to(dtype)), ck, cv,
+                                                  attn_mask=state.cross_mask)
             attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-            hidden = hidden + layer.out_cross(attn).float()
-        x = layer.norm_mlp(hidden).to(dtype)
-        return hidden + layer.fc2(layer.activation(layer.fc1(x))).float()
+            hidden = layer.out_cross.fused(attn, residual=hidden)
+        x = layer.norm_mlp(hidden).to(linear_dtype)
+        inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
+        return layer.fc2.fused(inner, residual=hidden)
 
     # -- static shapes (CUDA graphs) --------------------------------------------------------------
     @torch.inference_mode()

@@ -126,7 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         try:
             sys.stderr.write(f"musicgen-bridge {__version__}: {info['model']} on {info['device']} "
-                             f"({info.get('precision', info['dtype'])}); OSC (UDP and TCP) "
+                             f"({info.get('precision', info['dtype'])}, {info.get('kernel', '')}); OSC (UDP and TCP) "
                              f"on {config.host}:{server.port}, replies to port {config.reply_port}. Ctrl-C stops.\n")
             sys.stderr.flush()
             while not stop.wait(0.5):

@@ -1,0 +1,229 @@
+// The int8 weight-only linear layer of the fast decoder, for the few rows of one decoding step.
+//
+//   y[m, n] = act(sum_k x[m, k] * q[n, k] * scale[n]) + residual[m, n]
+//
+// (act: none or GELU, residual optional: the decoder's fc1 and its residual adds, done while the
+// outputs are in cache instead of as separate ops.)
+// Weights are int8 with one scale per output channel, as ``PackedLinear`` quantizes them. A decoding
+// step multiplies them by 1 to 16 rows (2 with guidance), so the work is reading the weights: the
+// kernel is built to stream them at the memory's speed on AVX-512 CPUs with VNNI.
+//
+// - Activations are quantized per row to 15-bit integers (scale = max|x| / 16383), then multiplied
+//   with ``vpdpwssd`` (int16 pairs into int32). Relative error ~1e-5 of the row's largest value: far
+//   finer than the bf16 activations of torch's ``_weight_int8pack_mm``, and 15 bits keep every int32
+//   accumulator exact for in_features <= 16384.
+// - Weights are interleaved in blocks of 4 output channels x 64 input channels (``pack`` below), so
+//   each thread reads one sequential stream; software prefetch into L2 runs ``kPrefetch`` bytes
+//   ahead (the hardware prefetcher stops at page boundaries) and covers the stream's first bytes
+//   before the loop starts. Measured on this project's 2-core Xeon, the 144 matrices of one step of
+//   MusicGen small: 20.5 GB/s with L1 prefetch, 25-26 GB/s with L2 prefetch and the prologue.
+// - Output channels are split between threads with ``at::parallel_for`` (torch's own thread pool).
+//
+// Built at run time by ``bridge/kernels/__init__.py`` (g++, the flags below), loaded with
+// ``torch.ops.load_library`` and called as ``torch.ops.musicgen_bridge.int8_linear``.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlockRows = 4;      // output channels interleaved per block
+constexpr int64_t kBlockCols = 64;     // input channels per interleaved chunk (one cache line)
+constexpr int64_t kRowGroup = 4;       // activation rows handled per pass over the weights
+constexpr int64_t kMaxRows = 16;       // more rows: the caller dequantizes and uses a GEMM
+constexpr int64_t kMaxInFeatures = 16384;  // keeps 15-bit x 8-bit sums inside int32
+constexpr int64_t kPrefetch = 16384;   // bytes ahead in the weight stream
+constexpr float kActivationMax = 16383.0f;
+
+// One pass over blocks [b0, b1) of the packed weight for M activation rows.
+template <int M>
+void gemv_blocks(const int16_t* x, const float* x_scale, int64_t K, const int8_t* w, const float* w_scale,
+                 float* y, int64_t ldy, int64_t b0, int64_t b1) {
+  constexpr int kAcc = M == 1 ? 2 : 1;  // one row: two accumulators per channel hide the latency
+  for (int64_t b = b0; b < b1; ++b) {
+    __m512i acc[kBlockRows][M][kAcc];
+    for (auto& per_row : acc)
+      for (auto& per_m : per_row)
+        for (auto& a : per_m) a = _mm512_setzero_si512();
+    const int8_t* wp = w + b * kBlockRows * K;
+    if (b == b0) {  // the start of this thread's stream, before the first loads ask for it
+      for (int64_t offset = 0; offset < kPrefetch; offset += kBlockCols)
+        _mm_prefetch(reinterpret_cast<const char*>(wp + offset), _MM_HINT_T1);
+    }
+    for (int64_t k = 0; k < K; k += kBlockCols) {
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + r * kBlockCols), _MM_HINT_T1);
+      for (int half = 0; half < 2; ++half) {
+        __m512i xv[M];
+        for (int m = 0; m < M; ++m) xv[m] = _mm512_loadu_si512(x + m * K + k + half * 32);
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const __m512i wv = _mm512_cvtepi8_epi16(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + r * kBlockCols + half * 32)));
+          for (int m = 0; m < M; ++m) {
+            __m512i& a = acc[r][m][kAcc == 2 ? half : 0];
+            a = _mm512_dpwssd_epi32(a, wv, xv[m]);
+          }
+        }
+      }
+      wp += kBlockRows * kBlockCols;
+    }
+    for (int64_t r = 0; r < kBlockRows; ++r) {
+      const int64_t n = b * kBlockRows + r;
+      for (int m = 0; m < M; ++m) {
+        __m512i a = acc[r][m][0];
+        if constexpr (kAcc == 2) a = _mm512_add_epi32(a, acc[r][m][1]);
+        y[m * ldy + n] = static_cast<float>(_mm512_reduce_add_epi32(a)) * w_scale[n] * x_scale[m];
+      }
+    }
+  }
+}
+
+// 16 floats from fp32 or bf16 memory.
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+// Row m of x as 15-bit integers and the scale that gives them back.
+template <typename T>
+void quantize_rows(const T* x, int64_t rows, int64_t K, int16_t* xq, float* scales) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const T* row = x + m * K;
+    __m512 peak = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) peak = _mm512_max_ps(peak, _mm512_abs_ps(load16(row + k)));
+    const float amax = _mm512_reduce_max_ps(peak);
+    // a zero row stays zero; a row with inf or nan gives nan out, as the float maths would
+    const float scale = amax > 0.0f ? amax / kActivationMax : 1.0f;
+    const __m512 inv = _mm512_set1_ps(1.0f / scale);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load16(row + k), inv));  // round to nearest
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + m * K + k), _mm512_cvtsepi32_epi16(q));
+    }
+    scales[m] = scale;
+  }
+}
+
+// exp(x) for x <= 0 (all GELU needs): 2^n * p(f), p a degree-6 Taylor polynomial on |f| <= ln2/2
+inline __m512 exp_negative(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+  const __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147181f), x);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// GELU with the exact erf form (transformers' "gelu"): 0.5 x (1 + erf(x / sqrt 2)), erf by
+// Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7).
+inline __m512 gelu(__m512 x) {
+  const __m512 z = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.707106781f)));
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+  __m512 poly = _mm512_set1_ps(1.061405429f);
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
+  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
+  poly = _mm512_mul_ps(poly, t);
+  const __m512 tail = _mm512_mul_ps(poly, exp_negative(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z))));
+  const __m512 erf_abs = _mm512_sub_ps(_mm512_set1_ps(1.0f), tail);
+  // erf is odd: carry x's sign over
+  const __m512 sign = _mm512_and_ps(x, _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u))));
+  const __m512 erf = _mm512_or_ps(erf_abs, sign);
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(erf, _mm512_set1_ps(1.0f)));
+}
+
+enum Activation : int64_t { kNone = 0, kGelu = 1 };
+
+// y[n0:n1] = act(y[n0:n1]) + residual[n0:n1] for one row, 16 at a time (masked at the end)
+void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
+  for (int64_t n = n0; n < n1; n += 16) {
+    const __mmask16 mask = n1 - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n1 - n)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(mask, y + n);
+    if (activation == kGelu) v = gelu(v);
+    if (residual != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + n));
+    _mm512_mask_storeu_ps(y + n, mask, v);
+  }
+}
+
+at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scales,
+                       int64_t activation, const std::optional<at::Tensor>& residual) {
+  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
+              "int8_linear: the weight must be a contiguous int8 matrix from pack_int8_weight");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(N % kBlockRows == 0 && K % kBlockCols == 0 && K <= kMaxInFeatures,
+              "int8_linear: out_features must be a multiple of 4 and in_features a multiple of 64, at most 16384");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == N && scales.is_contiguous(),
+              "int8_linear: scales must be N contiguous floats");
+  TORCH_CHECK(input.size(-1) == K, "int8_linear: the input's last dimension must be in_features");
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+              "int8_linear: the input must be float32 or bfloat16");
+  const at::Tensor x = input.reshape({-1, K}).contiguous();
+  const int64_t rows = x.size(0);
+  TORCH_CHECK(rows <= kMaxRows, "int8_linear: at most 16 rows (dequantize for more)");
+  TORCH_CHECK(activation == kNone || activation == kGelu, "int8_linear: activation must be 0 (none) or 1 (gelu)");
+  at::Tensor res;
+  if (residual.has_value()) {
+    res = residual->reshape({-1, N});
+    TORCH_CHECK(res.scalar_type() == at::kFloat && res.size(0) == rows && res.is_contiguous(),
+                "int8_linear: the residual must be contiguous float32 with the output's shape");
+  }
+  const float* rp = res.defined() ? res.data_ptr<float>() : nullptr;
+  const bool finish = rp != nullptr || activation != kNone;
+
+  std::vector<int16_t> xq(static_cast<size_t>(rows * K));
+  std::vector<float> x_scale(static_cast<size_t>(rows));
+  if (x.scalar_type() == at::kFloat) {
+    quantize_rows(x.data_ptr<float>(), rows, K, xq.data(), x_scale.data());
+  } else {
+    quantize_rows(x.data_ptr<at::BFloat16>(), rows, K, xq.data(), x_scale.data());
+  }
+
+  at::Tensor y = at::empty({rows, N}, x.options().dtype(at::kFloat));
+  const int8_t* wp = weight.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t blocks = N / kBlockRows;
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowGroup) {
+    const int64_t group = std::min(kRowGroup, rows - m0);
+    const int16_t* xg = xq.data() + m0 * K;
+    const float* sg = x_scale.data() + m0;
+    float* yg = yp + m0 * N;
+    at::parallel_for(0, blocks, 8, [&](int64_t b0, int64_t b1) {
+      switch (group) {
+        case 1: gemv_blocks<1>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+        case 2: gemv_blocks<2>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+        case 3: gemv_blocks<3>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+        default: gemv_blocks<4>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+      }
+      if (finish) {  // on the outputs this thread just wrote, while they are in its cache
+        for (int64_t m = 0; m < group; ++m)
+          epilogue(yg + m * N, rp == nullptr ? nullptr : rp + (m0 + m) * N, b0 * kBlockRows, b1 * kBlockRows,
+                   activation);
+      }
+    });
+  }
+  std::vector<int64_t> shape = input.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(musicgen_bridge, m) {
+  m.def("int8_linear(Tensor input, Tensor weight, Tensor scales, int activation=0, Tensor? residual=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(musicgen_bridge, CPU, m) { m.impl("int8_linear", int8_linear); }

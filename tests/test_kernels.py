@@ -1,0 +1,236 @@
+"""The native int8 kernel (bridge/kernels): it builds here, computes what the float maths computes,
+refuses what it cannot do, and a decoder on it stays close to fp32. Where the CPU lacks AVX-512 VNNI
+the kernel tests skip and the fallback tests still run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridge import kernels
+from bridge.fast_decoder import FastDecoder, PackedLinear
+
+CAN_RUN = all(flag in kernels.cpu_flags() for flag in kernels.REQUIRED_CPU_FLAGS)
+needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="this CPU lacks AVX-512 VNNI")
+
+
+@pytest.fixture(scope="module")
+def kernel() -> kernels.KernelStatus:
+    status = kernels.load_int8_kernel()
+    # a machine that can run it must build it: a missing compiler is a setup bug, not a skip
+    assert status.available, status.reason
+    return status
+
+
+def _quantized(n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+    scales = torch.rand(n, generator=gen) * 0.01 + 0.001
+    return q, scales
+
+
+def test_pack_and_unpack_are_inverse():
+    q, _ = _quantized(12, 192)
+    packed = kernels.pack_int8_weight(q)
+    assert packed.shape == q.shape and not torch.equal(packed, q)
+    # block 0 starts with 64 inputs of output 0, then 64 of output 1
+    assert torch.equal(packed[0, :64], q[0, :64]) and torch.equal(packed[0, 64:128], q[1, :64])
+    assert torch.equal(kernels.unpack_int8_weight(packed), q)
+
+
+@pytest.mark.parametrize(("n", "k", "fits"), [(3072, 1024, True), (32, 128, True), (32, 32, False),
+                                              (30, 128, False), (8, 32768, False)])
+def test_which_shapes_fit(n, k, fits):
+    assert kernels.fits_int8_kernel(n, k) is fits
+
+
+@needs_kernel
+def test_exact_on_integer_inputs(kernel):
+    """Inputs that are already 15-bit integers (largest 16383) quantize to themselves: exact sums."""
+    q, scales = _quantized(64, 4096, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(-16383, 16384, (3, 4096), generator=gen).float()
+    x[:, 0] = 16383.0
+    got = torch.ops.musicgen_bridge.int8_linear(x, kernels.pack_int8_weight(q), scales)
+    exact = (x.double() @ q.double().T) * scales.double()
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 16])
+def test_matches_the_float_maths(kernel, dtype, rows):
+    q, scales = _quantized(3072, 1024)
+    x = torch.randn(rows, 1, 1024, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    x[:, :, 5] = 40.0  # an outlier sets the row's scale; the rest still comes out close
+    got = torch.ops.musicgen_bridge.int8_linear(x, kernels.pack_int8_weight(q), scales)
+    want = x.double() @ (q.double() * scales.double()[:, None]).T
+    assert got.shape == (rows, 1, 3072) and got.dtype == torch.float32
+    error = float((got.double() - want).norm() / want.norm())
+    assert error < 1e-3
+    if dtype == torch.float32:  # finer than rounding the activations to bf16 (torch's int8 kernel)
+        bf16 = x.bfloat16().double() @ (q.double() * scales.double()[:, None]).T
+        assert error < 0.5 * float((bf16 - want).norm() / want.norm())
+
+
+@needs_kernel
+def test_zero_rows_give_zero(kernel):
+    q, scales = _quantized(8, 64)
+    got = torch.ops.musicgen_bridge.int8_linear(torch.zeros(2, 64), kernels.pack_int8_weight(q), scales)
+    assert torch.equal(got, torch.zeros(2, 8))
+
+
+@needs_kernel
+@pytest.mark.parametrize(("x", "match"), [
+    (torch.zeros(17, 64), "at most 16 rows"),
+    (torch.zeros(2, 64, dtype=torch.float16), "float32 or bfloat16"),
+    (torch.zeros(2, 128), "last dimension"),
+])
+def test_refuses_what_it_cannot_do(kernel, x, match):
+    q, scales = _quantized(8, 64)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.musicgen_bridge.int8_linear(x, kernels.pack_int8_weight(q), scales)
+
+
+@needs_kernel
+def test_refuses_an_unpacked_shape(kernel):
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        torch.ops.musicgen_bridge.int8_linear(torch.zeros(1, 32), torch.zeros(8, 32, dtype=torch.int8),
+                                              torch.ones(8))
+
+
+@needs_kernel
+def test_packed_linear_native_matches_torch_kernel(kernel):
+    """Same quantized weights, two kernels: close; the native one is the closer to fp32 (finer
+    activations), and more rows than it takes go through the dequantizing path."""
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(256, 512, generator=gen) * 0.05
+    native = PackedLinear(weight, "int8", torch.device("cpu"), native=True)
+    fallback = PackedLinear(weight, "int8", torch.device("cpu"), native=False)
+    assert native.kind == "int8-native" and fallback.kind == "int8"
+    x = torch.randn(40, 512, generator=gen)
+    exact = x @ weight.T
+    few = torch.cat([native(x[i : i + 2]) for i in range(0, 40, 2)])
+    many = native(x)  # 40 rows: dequantized
+    torch.testing.assert_close(many, few, rtol=1e-3, atol=1e-3)
+    error_native = float((few - exact).norm() / exact.norm())
+    error_torch = float((fallback(x[:16]).float() - exact[:16]).norm() / exact[:16].norm())
+    assert error_native < 0.01 and error_native < error_torch
+
+
+def _decoder_lm(hidden: int = 64) -> torch.nn.Module:
+    """A two-layer MusicGen decoder whose every linear layer fits the kernel (64 channels)."""
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    config = MusicgenDecoderConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                                   ffn_dim=hidden * 4, num_codebooks=4, max_position_embeddings=128,
+                                   pad_token_id=64, bos_token_id=64, decoder_start_token_id=64)
+    torch.manual_seed(0)
+    return MusicgenForCausalLM(config).eval()
+
+
+def _logits(fast: FastDecoder, positions: int = 12) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(4)
+    encoder = torch.randn(2, 5, fast.hidden, generator=gen)
+    state = fast.start(2, positions, encoder, torch.ones(2, 5, dtype=torch.long))
+    out = []
+    with torch.inference_mode():
+        for _ in range(positions):
+            tokens = torch.randint(0, fast.vocab, (2, fast.num_codebooks, 1), generator=gen)
+            out.append(fast.forward(state, tokens))
+    return torch.stack(out)
+
+
+@needs_kernel
+def test_decoder_on_the_native_kernel_stays_close_to_fp32(kernel):
+    lm = _decoder_lm()
+    native = FastDecoder(lm, "int8")
+    assert native.kernel.available
+    kinds = {lin.kind for layer in native.layers for lin in (*layer.qkv, layer.out_self, layer.fc1, layer.fc2)}
+    assert kinds == {"int8-native"}
+    want = _logits(FastDecoder(lm, "fp32"))
+    got = _logits(native)
+    torch_kernel = _logits(FastDecoder(lm, "int8", native_kernels=False))
+    assert {lin.kind for layer in FastDecoder(lm, "int8", native_kernels=False).layers for lin in layer.qkv} == {"int8"}
+    error = float((got - want).norm() / want.norm())
+    assert 0 < error < 0.02
+    assert error <= float((torch_kernel - want).norm() / want.norm())
+    assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) > 0.9
+
+
+def test_switched_off_by_the_environment():
+    """A fresh process (this one may have loaded the kernel already): off means torch's kernel."""
+    code = ("from bridge import kernels; s = kernels.load_int8_kernel(); "
+            "print(s.available, kernels.int8_kernel_loaded(), s.reason)")
+    env = {**os.environ, "MUSICGEN_BRIDGE_KERNELS": "off"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False False") and "MUSICGEN_BRIDGE_KERNELS" in out
+
+
+def test_a_failing_compiler_is_reported(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("CXX", "false")  # exists everywhere, always fails
+    with pytest.raises(RuntimeError, match="false failed"):
+        kernels.build_int8_kernel(tmp_path)
+    assert not list(tmp_path.glob("*.so"))  # nothing half-built left behind
+    assert not list(tmp_path.glob(".building-*"))
+
+
+def test_no_compiler_is_reported(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("CXX", "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        kernels.build_int8_kernel(tmp_path)
+
+
+@needs_kernel
+def test_built_once_then_reused(kernel, tmp_path: Path):
+    first = kernels.build_int8_kernel(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again = kernels.build_int8_kernel(tmp_path)
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert first.name.startswith("int8_linear-") and first.suffix == ".so"
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_fused_gelu_and_residual_match_separate_ops(kernel, rows):
+    q, scales = _quantized(100, 128, seed=5)  # 100 outputs: the epilogue's masked tail is used
+    packed = kernels.pack_int8_weight(q)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(rows, 1, 128, generator=gen) * 30  # outputs from about -60 to 60
+    residual = torch.randn(rows, 1, 100, generator=gen)
+    plain = torch.ops.musicgen_bridge.int8_linear(x, packed, scales)
+    assert float(plain.abs().max()) > 10
+    torch.testing.assert_close(torch.ops.musicgen_bridge.int8_linear(x, packed, scales, 1),
+                               torch.nn.functional.gelu(plain), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.ops.musicgen_bridge.int8_linear(x, packed, scales, 0, residual),
+                               plain + residual, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(torch.ops.musicgen_bridge.int8_linear(x, packed, scales, 1, residual),
+                               torch.nn.functional.gelu(plain) + residual, rtol=1e-5, atol=1e-6)
+
+
+@needs_kernel
+def test_fused_gelu_over_its_whole_range(kernel):
+    """An identity weight passes values through: the kernel's GELU against torch's, -30 to 30."""
+    values = torch.linspace(-30, 30, 2048)
+    eye = torch.eye(64, dtype=torch.int8) * 127
+    scales = torch.full((64,), 1 / 127)
+    for chunk in values.split(64):
+        got = torch.ops.musicgen_bridge.int8_linear(chunk[None], kernels.pack_int8_weight(eye), scales, 1)[0]
+        through = torch.ops.musicgen_bridge.int8_linear(chunk[None], kernels.pack_int8_weight(eye), scales)[0]
+        torch.testing.assert_close(got, torch.nn.functional.gelu(through), rtol=2e-6, atol=2e-6)
+
+
+@needs_kernel
+def test_refuses_a_bad_residual_or_activation(kernel):
+    q, scales = _quantized(8, 64)
+    packed = kernels.pack_int8_weight(q)
+    with pytest.raises(RuntimeError, match="residual"):
+        torch.ops.musicgen_bridge.int8_linear(torch.zeros(2, 64), packed, scales, 0, torch.zeros(3, 8))
+    with pytest.raises(RuntimeError, match="activation"):
+        torch.ops.musicgen_bridge.int8_linear(torch.zeros(2, 64), packed, scales, 7)
