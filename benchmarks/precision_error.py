@@ -64,7 +64,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small-arch-random")
     parser.add_argument("--positions", type=int, default=100)
-    parser.add_argument("--precisions", default="bf16,int8,fp16")
+    parser.add_argument("--precisions", default="bf16,int8,int8-torch,int4,fp16",
+                        help="comma-separated; int8-torch is int8 on torch's kernel instead of the native one")
     parser.add_argument("--prompt", default="lo-fi hip hop with dusty keys and warm bass")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -76,11 +77,14 @@ def main() -> None:
     tokens[:, :, 0] = loaded.pad_token_id
     reference = guided_logits(engine, FastDecoder(loaded.model.decoder, "fp32"), tokens, args.prompt)
     results = {}
-    for weights in args.precisions.split(","):
+    for name in args.precisions.split(","):
+        # "int8-torch": int8 weights on torch's kernel (bf16 activations) instead of the native one
+        weights, native = name.removesuffix("-torch"), not name.endswith("-torch")
+        fast = FastDecoder(loaded.model.decoder, weights, native_kernels=native)
         started = time.perf_counter()
-        got = guided_logits(engine, FastDecoder(loaded.model.decoder, weights), tokens, args.prompt)
-        results[weights] = {**compare(reference, got), "seconds": time.perf_counter() - started}
-        print(weights, json.dumps(results[weights]), flush=True)
+        got = guided_logits(engine, fast, tokens, args.prompt)
+        results[name] = {**compare(reference, got), "kernel": fast.describe(), "seconds": time.perf_counter() - started}
+        print(name, json.dumps(results[name]), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump({"model": args.model, "positions": args.positions, "results": results}, out, indent=2)

@@ -111,7 +111,7 @@ class PackedLinear:
         """``residual + act(x @ W.T)``, ``act`` the exact GELU or nothing: fp32 with a residual (the
         residual stream), else the layer's own output dtype. The native int8 kernel does both while its
         outputs are in cache; other kinds run them as separate ops."""
-        if self.kind == "int8-native" and x.reshape(-1, self.in_features).shape[0] <= kernels.MAX_ROWS:
+        if self.kind == "int8-native" and x.numel() <= kernels.MAX_ROWS * self.in_features:
             if residual is not None and not residual.is_contiguous():
                 residual = residual.contiguous()
             return torch.ops.musicgen_bridge.int8_linear(x, self.weight, self.scales, int(gelu), residual)
@@ -126,6 +126,11 @@ class PackedLinear:
         return size + self.scales.numel() * self.scales.element_size()
 
 
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` without the call where it would do nothing (it costs microseconds per step)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _is_exact_gelu(activation: Any) -> bool:
     """``F.gelu`` itself, or transformers' ``GELUActivation`` wrapping it (not the tanh or python forms)."""
     return activation is F.gelu or getattr(activation, "act", None) is F.gelu
@@ -138,7 +143,8 @@ class _Norm:
     eps: float
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        # torch.layer_norm itself: F.layer_norm's Python wrapper costs more than the op at one position
+        return torch.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 def _norm(module: Any) -> _Norm:
@@ -172,6 +178,8 @@ class DecoderState:
         self.cross = cross
         self.cross_mask = cross_mask
         self.length = 0  # positions filled
+        # every layer's tensors in the order torch.ops.musicgen_bridge.decoder_layers takes them
+        self.native_params: list[torch.Tensor] | None = None
 
     @property
     def capacity(self) -> int:
@@ -215,6 +223,8 @@ class FastDecoder:
             heads = torch.cat([h.weight.detach() for h in causal_lm.lm_heads])  # (K*V, D)
             self.lm_heads = PackedLinear(heads, "bf16" if weights in ("int8", "int4") else weights, self.device)
         self.has_cross = self.layers[0].q_cross is not None
+        self.native_step = native and self._whole_layers_native()
+        self.norm_eps = self.layers[0].norm_self.eps
 
     def _layer(self, layer: Any, weights: str, fuse: bool, native: bool) -> _Layer:
         def linear(weight: torch.Tensor) -> PackedLinear:
@@ -285,7 +295,43 @@ class FastDecoder:
                 # where a boolean mask would give NaN
                 cross_mask = torch.zeros(allowed.shape, dtype=self.compute_dtype, device=self.device)
                 cross_mask.masked_fill_(~allowed, torch.finfo(self.compute_dtype).min)
-        return DecoderState(keys, values, cross, cross_mask)
+        state = DecoderState(keys, values, cross, cross_mask)
+        if self.native_step:
+            state.native_params = self._native_params(state)
+        return state
+
+    def _whole_layers_native(self) -> bool:
+        """Whether every layer can run as one native call per step: every linear on the native int8
+        kernel, fused q/k/v, the exact GELU, one layer-norm epsilon."""
+        eps = self.layers[0].norm_self.eps
+        for layer in self.layers:
+            linears = [*layer.qkv, layer.out_self, layer.fc1, layer.fc2]
+            norms = [layer.norm_self, layer.norm_mlp]
+            if self.has_cross:
+                linears += [layer.q_cross, layer.out_cross]  # type: ignore[list-item]
+                norms.append(layer.norm_cross)  # type: ignore[arg-type]
+            if len(layer.qkv) != 1 or not layer.exact_gelu or any(n.eps != eps for n in norms):
+                return False
+            if any(lin is None or lin.kind != "int8-native" for lin in linears):
+                return False
+        return True
+
+    def _native_params(self, state: DecoderState) -> list[torch.Tensor]:
+        none = torch.empty(0)
+        params: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            cross = bool(state.cross) and layer.q_cross is not None
+            q_cross, out_cross, norm_cross = layer.q_cross, layer.out_cross, layer.norm_cross
+            params += [layer.norm_self.weight, layer.norm_self.bias, layer.qkv[0].weight, layer.qkv[0].scales,
+                       layer.out_self.weight, layer.out_self.scales]
+            if cross and q_cross is not None and out_cross is not None and norm_cross is not None:
+                params += [norm_cross.weight, norm_cross.bias, q_cross.weight, q_cross.scales,
+                           out_cross.weight, out_cross.scales, *state.cross[i]]
+            else:
+                params += [none] * 8
+            params += [layer.norm_mlp.weight, layer.norm_mlp.bias, layer.fc1.weight, layer.fc1.scales,
+                       layer.fc2.weight, layer.fc2.scales, state.keys[i], state.values[i]]
+        return params
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, T, D) -> (rows, heads, T, head_dim)."""
@@ -308,8 +354,13 @@ class FastDecoder:
         mask = None
         if length > 1 and start > 0:
             mask = torch.ones(length, start + length, dtype=torch.bool, device=self.device).tril(start)
-        for i, layer in enumerate(self.layers):
-            hidden = self._layer_forward(layer, hidden, state, i, start, mask)
+        if state.native_params is not None and length == 1 and hidden.shape[0] <= kernels.MAX_ROWS:
+            # one position (every step of the token loop): all layers in one native call
+            hidden = torch.ops.musicgen_bridge.decoder_layers(hidden, state.native_params, start, bool(state.cross),
+                                                              state.cross_mask, self.heads, self.norm_eps)
+        else:
+            for i, layer in enumerate(self.layers):
+                hidden = self._layer_forward(layer, hidden, state, i, start, mask)
         state.length = start + length
         last = self.final_norm(hidden[:, -1:])
         logits = self.lm_heads(last.to(self.compute_dtype))
@@ -332,28 +383,29 @@ class FastDecoder:
                        mask: torch.Tensor | None) -> torch.Tensor:
         rows, length = hidden.shape[0], hidden.shape[1]
         dtype, linear_dtype = self.compute_dtype, self.linear_dtype
-        x = layer.norm_self(hidden).to(linear_dtype)
+        x = _cast(layer.norm_self(hidden), linear_dtype)
         if len(layer.qkv) == 1:
-            q, k, v = layer.qkv[0](x).split(self.hidden, dim=-1)
+            qkv, width = layer.qkv[0](x), self.hidden
+            q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
         else:
             q, k, v = (proj(x) for proj in layer.qkv)
         end = start + length
         keys, values = state.keys[index], state.values[index]
         keys[:, :, start:end] = self._split(k)
         values[:, :, start:end] = self._split(v)
-        attn = F.scaled_dot_product_attention(self._split(q.to(dtype)), keys[:, :, :end], values[:, :, :end],
+        attn = F.scaled_dot_product_attention(self._split(_cast(q, dtype)), keys[:, :, :end], values[:, :, :end],
                                               attn_mask=mask, is_causal=length > 1 and start == 0)
         attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
         hidden = layer.out_self.fused(attn, residual=hidden)
         if layer.q_cross is not None and layer.out_cross is not None and state.cross:
             assert layer.norm_cross is not None
-            x = layer.norm_cross(hidden).to(linear_dtype)
+            x = _cast(layer.norm_cross(hidden), linear_dtype)
             ck, cv = state.cross[index]
-            attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x).to(dtype)), ck, cv,
+            attn = F.scaled_dot_product_attention(self._split(_cast(layer.q_cross(x), dtype)), ck, cv,
                                                   attn_mask=state.cross_mask)
             attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
             hidden = layer.out_cross.fused(attn, residual=hidden)
-        x = layer.norm_mlp(hidden).to(linear_dtype)
+        x = _cast(layer.norm_mlp(hidden), linear_dtype)
         inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
         return layer.fc2.fused(inner, residual=hidden)
 

@@ -234,3 +234,39 @@ def test_refuses_a_bad_residual_or_activation(kernel):
         torch.ops.musicgen_bridge.int8_linear(torch.zeros(2, 64), packed, scales, 0, torch.zeros(3, 8))
     with pytest.raises(RuntimeError, match="activation"):
         torch.ops.musicgen_bridge.int8_linear(torch.zeros(2, 64), packed, scales, 7)
+
+
+@needs_kernel
+@pytest.mark.parametrize("with_text", [True, False])
+def test_one_native_call_per_step_equals_the_python_layers(kernel, with_text):
+    """All layers in one native call compute what the per-layer Python path computes, to the bit."""
+    fast = FastDecoder(_decoder_lm(), "int8")
+    assert fast.native_step
+    gen = torch.Generator().manual_seed(7)
+    encoder = torch.randn(2, 5, fast.hidden, generator=gen) if with_text else None
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]) if with_text else None
+    steps = [torch.randint(0, fast.vocab, (2, fast.num_codebooks, 1), generator=gen) for _ in range(10)]
+    runs = []
+    for native in (True, False):
+        state = fast.start(2, 10, encoder, mask)
+        assert (state.native_params is not None) is True
+        if not native:
+            state.native_params = None  # the per-layer path
+        with torch.inference_mode():
+            runs.append(torch.stack([fast.forward(state, tokens) for tokens in steps]))
+        assert state.length == 10
+    assert torch.equal(runs[0], runs[1])
+
+
+@needs_kernel
+def test_native_step_refuses_a_full_cache(kernel):
+    fast = FastDecoder(_decoder_lm(), "int8")
+    state = fast.start(2, 1, None, None)
+    assert state.native_params is not None
+    with torch.inference_mode():
+        fast.forward(state, torch.zeros(2, 4, 1, dtype=torch.long))
+        with pytest.raises(ValueError, match="holds 1 positions"):
+            fast.forward(state, torch.zeros(2, 4, 1, dtype=torch.long))
+        with pytest.raises(RuntimeError, match="cache is full"):
+            torch.ops.musicgen_bridge.decoder_layers(torch.zeros(2, 1, 64), state.native_params, 1, False, None,
+                                                     fast.heads, fast.norm_eps)

@@ -1,14 +1,20 @@
 """Native CPU kernels, built on first use with the machine's C++ compiler.
 
-One kernel so far: ``int8_linear.cpp``, the int8 weight-only linear layer of the fast decoder (see
-that file for how it works). It is optional: without a compiler, on a CPU without AVX-512 VNNI, or
-with ``MUSICGEN_BRIDGE_KERNELS=off``, :func:`load_int8_kernel` says why and the decoder uses torch's
-``_weight_int8pack_mm`` instead (about 1.6x slower per step here, same weights).
+``int8_linear.cpp`` registers two ops (see that file for how they work):
+
+- ``torch.ops.musicgen_bridge.int8_linear``: the int8 weight-only linear layer of the fast decoder,
+  with an optional fused GELU and residual add;
+- ``torch.ops.musicgen_bridge.decoder_layers``: all decoder layers for one position, built on it, so
+  a decoding step is one call instead of ~30 Python calls per layer.
+
+They are optional: without a compiler, on a CPU without AVX-512 VNNI, or with
+``MUSICGEN_BRIDGE_KERNELS=off``, :func:`load_int8_kernel` says why and the decoder uses torch's
+``_weight_int8pack_mm`` and its Python layers instead (same weights; measured numbers in the README).
 
 The library is compiled once per source, torch version and compiler into
 ``$XDG_CACHE_HOME/musicgen-bridge/kernels`` (``~/.cache/...``; ``MUSICGEN_BRIDGE_KERNEL_DIR``
 overrides it), written under a temporary name and renamed, so processes starting together never load
-a half-written file. Loading registers ``torch.ops.musicgen_bridge.int8_linear`` for the process.
+a half-written file. Loading registers the ops for the whole process (torch's op registry).
 """
 
 from __future__ import annotations
