@@ -1,6 +1,6 @@
 """Milliseconds per decoder step of the engine's fast decoder in each precision (no sampling, no codec).
 
-    python benchmarks/step_times.py --model small-arch-random --precisions fp32,bf16,int8,int4
+    python benchmarks/step_times.py --model small-arch-random --precisions fp32,bf16,int8,int8-torch,int4
 
 Each precision loads its own copy of the model, runs a guidance batch (2 rows) over ``--warmup``
 positions, then times ``--steps`` more, one position at a time as in generation.
@@ -17,23 +17,28 @@ import torch
 
 from bridge.decoding import Sampling
 from bridge.engine import Engine
+from bridge.fast_decoder import FastDecoder
 from bridge.models import load_model
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="small-arch-random")
-    parser.add_argument("--precisions", default="fp32,bf16,int8,int4")
+    parser.add_argument("--precisions", default="fp32,bf16,int8,int8-torch,int4")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, float] = {}
     for precision in args.precisions.split(","):
-        engine = Engine(load_model(args.model, precision=precision))
+        # "int8-torch": the int8 weights on torch's kernel and Python layers instead of the native ones
+        weights = precision.removesuffix("-torch")
+        engine = Engine(load_model(args.model, precision=weights))
         fast = engine.loop.fast
         if fast is None:
             raise SystemExit(f"{args.model} in {precision} has no fast decoder to time")
+        if precision.endswith("-torch"):
+            fast = FastDecoder(engine.model.decoder, weights, native_kernels=False)
         cond = engine.condition("lofi keys", 1, Sampling(), None)
         state = fast.start(2, args.warmup + args.steps, cond.encoder_hidden_states, cond.encoder_attention_mask)
         tokens = torch.zeros((2, fast.num_codebooks, 1), dtype=torch.long)

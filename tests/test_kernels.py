@@ -116,8 +116,9 @@ def test_packed_linear_native_matches_torch_kernel(kernel):
     x = torch.randn(40, 512, generator=gen)
     exact = x @ weight.T
     few = torch.cat([native(x[i : i + 2]) for i in range(0, 40, 2)])
-    many = native(x)  # 40 rows: dequantized
-    torch.testing.assert_close(many, few, rtol=1e-3, atol=1e-3)
+    many = native(x)  # 40 rows: dequantized to bf16, one GEMM
+    assert many.dtype == torch.float32
+    assert float((many - few).norm() / few.norm()) < 0.005  # bf16 rounding of the prompt's rows
     error_native = float((few - exact).norm() / exact.norm())
     error_torch = float((fallback(x[:16]).float() - exact[:16]).norm() / exact[:16].norm())
     assert error_native < 0.01 and error_native < error_torch
