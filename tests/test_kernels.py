@@ -1,6 +1,7 @@
 """The native int8 kernel (bridge/kernels): it builds here, computes what the float maths computes,
-refuses what it cannot do, and a decoder on it stays close to fp32. Where the CPU lacks AVX-512 VNNI
-the kernel tests skip and the fallback tests still run."""
+refuses what it cannot do, and a decoder on it stays close to fp32. This process loads the build for
+the best instruction set of the CPU; one test runs the whole module again in a child process on the
+AVX2 build. Where the CPU has neither, the kernel tests skip and the fallback tests still run."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from bridge import kernels
 from bridge.fast_decoder import FastDecoder, PackedLinear
 
-CAN_RUN = all(flag in kernels.cpu_flags() for flag in kernels.REQUIRED_CPU_FLAGS)
-needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="this CPU lacks AVX-512 VNNI")
+CAN_RUN = kernels.pick_isa(kernels.cpu_flags()) is not None
+needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="this CPU has neither AVX-512 VNNI nor AVX2")
+ISA_NAMES = {"avx512": "AVX-512 VNNI", "avx2": "AVX2"}
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +26,9 @@ def kernel() -> kernels.KernelStatus:
     status = kernels.load_int8_kernel()
     # a machine that can run it must build it: a missing compiler is a setup bug, not a skip
     assert status.available, status.reason
+    wanted = os.environ.get("MUSICGEN_BRIDGE_KERNELS", "auto")
+    isa = kernels.pick_isa(kernels.cpu_flags(), wanted)
+    assert isa is not None and status.reason == f"native int8 kernel ({ISA_NAMES[isa]})"
     return status
 
 
@@ -164,13 +169,45 @@ def test_decoder_on_the_native_kernel_stays_close_to_fp32(kernel):
     assert float((got.argmax(-1) == want.argmax(-1)).float().mean()) > 0.9
 
 
-def test_switched_off_by_the_environment():
-    """A fresh process (this one may have loaded the kernel already): off means torch's kernel."""
+def _status_in_a_child(setting: str) -> str:
+    """load_int8_kernel's answer in a fresh process (this one may have loaded the kernel already)."""
     code = ("from bridge import kernels; s = kernels.load_int8_kernel(); "
             "print(s.available, kernels.int8_kernel_loaded(), s.reason)")
-    env = {**os.environ, "MUSICGEN_BRIDGE_KERNELS": "off"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "MUSICGEN_BRIDGE_KERNELS": setting}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def test_switched_off_by_the_environment():
+    out = _status_in_a_child("off")
     assert out.startswith("False False") and "MUSICGEN_BRIDGE_KERNELS" in out
+
+
+def test_a_wrong_setting_says_what_is_accepted():
+    out = _status_in_a_child("sse9")
+    assert out.startswith("False False") and "auto, avx512, avx2, off" in out
+
+
+def test_instruction_set_choice():
+    avx512 = set(kernels.ISAS["avx512"][0])
+    assert kernels.pick_isa(avx512 | {"avx2"}) == "avx512"
+    assert kernels.pick_isa(avx512 | {"avx2"}, "avx2") == "avx2"
+    assert kernels.pick_isa({"avx2", "fma"}) == "avx2"
+    assert kernels.pick_isa({"avx2", "fma"}, "avx512") is None
+    assert kernels.pick_isa({"sse4_2"}) is None
+
+
+@needs_kernel
+@pytest.mark.skipif(os.environ.get("MUSICGEN_BRIDGE_KERNELS") == "avx2", reason="already the AVX2 child")
+@pytest.mark.skipif(kernels.pick_isa(kernels.cpu_flags(), "avx2") is None, reason="this CPU lacks AVX2")
+def test_the_avx2_build_passes_this_module(tmp_path: Path):
+    """Most desktop CPUs (AMD Zen 1-3, Intel's consumer chips) get the AVX2 build: run every test here
+    on it, in a child process, since one process holds one build of the ops."""
+    env = {**os.environ, "MUSICGEN_BRIDGE_KERNELS": "avx2", "MUSICGEN_BRIDGE_KERNEL_DIR": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                           env=env, capture_output=True, text=True, check=False, timeout=600)
+    assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout and " failed" not in child.stdout
+    assert list(tmp_path.glob("int8_linear-avx2-*.so"))
 
 
 def test_a_failing_compiler_is_reported(monkeypatch, tmp_path: Path):
@@ -190,11 +227,11 @@ def test_no_compiler_is_reported(monkeypatch, tmp_path: Path):
 
 @needs_kernel
 def test_built_once_then_reused(kernel, tmp_path: Path):
-    first = kernels.build_int8_kernel(tmp_path)
+    first = kernels.build_int8_kernel(tmp_path, "avx2")
     stamp = first.stat().st_mtime_ns
-    again = kernels.build_int8_kernel(tmp_path)
+    again = kernels.build_int8_kernel(tmp_path, "avx2")
     assert again == first and again.stat().st_mtime_ns == stamp
-    assert first.name.startswith("int8_linear-") and first.suffix == ".so"
+    assert first.name.startswith("int8_linear-avx2-") and first.suffix == ".so"
 
 
 @needs_kernel
@@ -271,3 +308,13 @@ def test_native_step_refuses_a_full_cache(kernel):
         with pytest.raises(RuntimeError, match="cache is full"):
             torch.ops.musicgen_bridge.decoder_layers(torch.zeros(2, 1, 64), state.native_params, 1, False, None,
                                                      fast.heads, fast.norm_eps)
+
+
+@needs_kernel
+def test_nan_and_inf_inputs_give_nan_as_the_float_maths_does(kernel):
+    q, scales = _quantized(8, 64)
+    x = torch.ones(3, 64)
+    x[0, 10] = float("nan")
+    x[1, 3] = float("inf")
+    got = torch.ops.musicgen_bridge.int8_linear(x, kernels.pack_int8_weight(q), scales)
+    assert bool(got[0].isnan().all()) and bool(got[1].isnan().all()) and bool(got[2].isfinite().all())

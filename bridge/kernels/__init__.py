@@ -7,9 +7,11 @@
 - ``torch.ops.musicgen_bridge.decoder_layers``: all decoder layers for one position, built on it, so
   a decoding step is one call instead of ~30 Python calls per layer.
 
-They are optional: without a compiler, on a CPU without AVX-512 VNNI, or with
-``MUSICGEN_BRIDGE_KERNELS=off``, :func:`load_int8_kernel` says why and the decoder uses torch's
-``_weight_int8pack_mm`` and its Python layers instead (same weights; measured numbers in the README).
+The library is built for the best instruction set the CPU has: AVX-512 with VNNI, else AVX2 with FMA
+(most x86 CPUs since 2013). ``MUSICGEN_BRIDGE_KERNELS`` chooses: ``auto`` (default), ``avx512``,
+``avx2`` or ``off``. Without a compiler, on other CPUs (ARM) or when off, :func:`load_int8_kernel`
+says why and the decoder uses torch's ``_weight_int8pack_mm`` and its Python layers instead (same
+weights; measured numbers in the README).
 
 The library is compiled once per source, torch version and compiler into
 ``$XDG_CACHE_HOME/musicgen-bridge/kernels`` (``~/.cache/...``; ``MUSICGEN_BRIDGE_KERNEL_DIR``
@@ -32,13 +34,17 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("int8_linear.cpp")
-# /proc/cpuinfo's names for what the kernel uses
-REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
-ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")
+# per instruction set, best first: /proc/cpuinfo's names for what it needs, and the compiler's flags
+ISAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "avx512": (("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma"),
+               ("-DMGB_ISA_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")),
+    "avx2": (("avx2", "fma"), ("-DMGB_ISA_AVX2", "-mavx2", "-mfma")),
+}
+REQUIRED_CPU_FLAGS = ISAS["avx512"][0]  # for the fastest build
 OFF_VALUES = ("0", "off", "no", "false")
 BLOCK_ROWS = 4  # output channels interleaved per block: int8_linear.cpp's kBlockRows
 BLOCK_COLS = 64  # input channels per chunk: kBlockCols
-MAX_IN_FEATURES = 16384
+MAX_IN_FEATURES = 8192  # kMaxInFeatures
 MAX_ROWS = 16
 
 
@@ -89,12 +95,21 @@ def _torch_paths() -> tuple[list[str], str]:
     return [str(root / "include"), str(root / "include" / "torch" / "csrc" / "api" / "include")], str(root / "lib")
 
 
-def compile_command(compiler: str, output: Path) -> list[str]:
-    """The command that builds the kernel library."""
+def pick_isa(flags: set[str], wanted: str = "auto") -> str | None:
+    """The instruction set to build for: ``wanted`` if the CPU has it, the best it has for ``auto``."""
+    names = list(ISAS) if wanted in ("", "auto") else [wanted]
+    for name in names:
+        if name in ISAS and all(flag in flags for flag in ISAS[name][0]):
+            return name
+    return None
+
+
+def compile_command(compiler: str, output: Path, isa: str = "avx512") -> list[str]:
+    """The command that builds the kernel library for one instruction set."""
     includes, libdir = _torch_paths()
     abi = int(bool(torch._C._GLIBCXX_USE_CXX11_ABI))
     return [
-        compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w", *ISA_FLAGS,
+        compiler, "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w", *ISAS[isa][1],
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *[f"-I{path}" for path in includes],
         str(SOURCE), "-o", str(output),
@@ -102,17 +117,17 @@ def compile_command(compiler: str, output: Path) -> list[str]:
     ]
 
 
-def _library_name(compiler: str) -> str:
+def _library_name(compiler: str, isa: str) -> str:
     digest = hashlib.sha256()
     digest.update(SOURCE.read_bytes())
-    digest.update(" ".join(compile_command(compiler, Path("out.so"))).encode())
+    digest.update(" ".join(compile_command(compiler, Path("out.so"), isa)).encode())
     digest.update(torch.__version__.encode())
     digest.update(platform.machine().encode())
-    return f"int8_linear-{digest.hexdigest()[:16]}.so"
+    return f"int8_linear-{isa}-{digest.hexdigest()[:16]}.so"
 
 
-def build_int8_kernel(directory: Path | None = None) -> Path:
-    """Compile the kernel (if this source, torch and compiler have no library yet); return its path.
+def build_int8_kernel(directory: Path | None = None, isa: str = "avx512") -> Path:
+    """Compile the kernel for ``isa`` (if this source, torch and compiler have no library yet); return its path.
 
     Raises ``RuntimeError`` with the compiler's own message when it cannot be built.
     """
@@ -120,15 +135,16 @@ def build_int8_kernel(directory: Path | None = None) -> Path:
     if compiler is None:
         raise RuntimeError("no C++ compiler found (install g++, or set CXX)")
     directory = directory or kernel_dir()
-    library = directory / _library_name(compiler)
+    library = directory / _library_name(compiler, isa)
     if library.exists():
         return library
     directory.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=".building-", suffix=".so", dir=directory)
     os.close(handle)
     try:
-        print(f"musicgen-bridge: compiling the int8 kernel once into {directory} ...", file=sys.stderr, flush=True)
-        result = subprocess.run(compile_command(compiler, Path(partial)), capture_output=True, text=True,
+        print(f"musicgen-bridge: compiling the int8 kernel ({isa}) once into {directory} ...", file=sys.stderr,
+              flush=True)
+        result = subprocess.run(compile_command(compiler, Path(partial), isa), capture_output=True, text=True,
                                 timeout=600, check=False)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip().splitlines()
@@ -140,26 +156,33 @@ def build_int8_kernel(directory: Path | None = None) -> Path:
     return library
 
 
+def _loaded_status(library: Path | None = None) -> KernelStatus:
+    return KernelStatus(True, f"native int8 kernel ({torch.ops.musicgen_bridge.isa()})", library)
+
+
 def load_int8_kernel(directory: Path | None = None) -> KernelStatus:
     """Build (once) and load the native int8 kernel where this machine can run it."""
     if int8_kernel_loaded():
-        return KernelStatus(True, "native int8 kernel (AVX-512 VNNI)")
+        return _loaded_status()
     setting = os.environ.get("MUSICGEN_BRIDGE_KERNELS", "").strip().lower()
     if setting in OFF_VALUES:
         return KernelStatus(False, "native kernels off by MUSICGEN_BRIDGE_KERNELS")
+    if setting not in ("", "auto", *ISAS):
+        return KernelStatus(False, f"MUSICGEN_BRIDGE_KERNELS={setting!r} is not one of auto, {', '.join(ISAS)}, off")
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return KernelStatus(False, f"no native int8 kernel for {sys.platform}/{platform.machine()}")
-    missing = [flag for flag in REQUIRED_CPU_FLAGS if flag not in cpu_flags()]
-    if missing:
-        return KernelStatus(False, f"this CPU lacks {', '.join(missing)}")
+    isa = pick_isa(cpu_flags(), setting)
+    if isa is None:
+        wanted = ", ".join(ISAS) if setting in ("", "auto") else setting
+        return KernelStatus(False, f"this CPU has none of the instruction sets the kernel is built for ({wanted})")
     try:
-        library = build_int8_kernel(directory)
+        library = build_int8_kernel(directory, isa)
         torch.ops.load_library(str(library))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         return KernelStatus(False, f"the native kernel did not build: {exc}")
     if not int8_kernel_loaded():
         return KernelStatus(False, f"{library} loaded but registered no int8_linear")
-    return KernelStatus(True, "native int8 kernel (AVX-512 VNNI)", library)
+    return _loaded_status(library)
 
 
 def fits_int8_kernel(out_features: int, in_features: int) -> bool:

@@ -6,21 +6,25 @@
 // outputs are in cache instead of as separate ops.)
 // Weights are int8 with one scale per output channel, as ``PackedLinear`` quantizes them. A decoding
 // step multiplies them by 1 to 16 rows (2 with guidance), so the work is reading the weights: the
-// kernel is built to stream them at the memory's speed on AVX-512 CPUs with VNNI.
+// kernel is built to stream them at the memory's speed.
 //
 // - Activations are quantized per row to 15-bit integers (scale = max|x| / 16383), then multiplied
-//   with ``vpdpwssd`` (int16 pairs into int32). Relative error ~1e-5 of the row's largest value: far
-//   finer than the bf16 activations of torch's ``_weight_int8pack_mm``, and 15 bits keep every int32
-//   accumulator exact for in_features <= 16384.
-// - Weights are interleaved in blocks of 4 output channels x 64 input channels (``pack`` below), so
-//   each thread reads one sequential stream; software prefetch into L2 runs ``kPrefetch`` bytes
-//   ahead (the hardware prefetcher stops at page boundaries) and covers the stream's first bytes
-//   before the loop starts. Measured on this project's 2-core Xeon, the 144 matrices of one step of
-//   MusicGen small: 20.5 GB/s with L1 prefetch, 25-26 GB/s with L2 prefetch and the prologue.
+//   as int16 pairs into int32: ``vpdpwssd`` with AVX-512 VNNI, ``vpmaddwd`` + add with AVX2. Relative
+//   error ~1e-5 of the row's largest value: far finer than the bf16 activations of torch's
+//   ``_weight_int8pack_mm``, and 15 bits keep every int32 accumulator exact for in_features <= 8192.
+//   A row holding nan or inf gives nan, as the float maths would.
+// - Weights are interleaved in blocks of 4 output channels x 64 input channels (``pack_int8_weight``
+//   in __init__.py), so each thread reads one sequential stream; software prefetch into L2 runs
+//   ``kPrefetch`` bytes ahead (the hardware prefetcher stops at page boundaries) and covers the
+//   stream's first bytes before the loop starts. Measured on this project's 2-core Xeon, the 144
+//   matrices of one step of MusicGen small: 20.5 GB/s with L1 prefetch, 25-26 GB/s with L2 prefetch
+//   and the prologue (torch's kernel: ~12 GB/s).
 // - Output channels are split between threads with ``at::parallel_for`` (torch's own thread pool).
 //
-// Built at run time by ``bridge/kernels/__init__.py`` (g++, the flags below), loaded with
-// ``torch.ops.load_library`` and called as ``torch.ops.musicgen_bridge.int8_linear``.
+// One source, two builds: ``-DMGB_ISA_AVX512`` or ``-DMGB_ISA_AVX2`` picks the micro-kernels below;
+// the ops and ``decoder_layers`` are shared. Built at run time by ``bridge/kernels/__init__.py``
+// (g++, the flags there), loaded with ``torch.ops.load_library``, called as
+// ``torch.ops.musicgen_bridge.int8_linear`` / ``decoder_layers``; ``isa()`` names the build.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -28,6 +32,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
+#include <string>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -36,11 +42,17 @@ namespace {
 
 constexpr int64_t kBlockRows = 4;      // output channels interleaved per block
 constexpr int64_t kBlockCols = 64;     // input channels per interleaved chunk (one cache line)
-constexpr int64_t kRowGroup = 4;       // activation rows handled per pass over the weights
 constexpr int64_t kMaxRows = 16;       // more rows: the caller dequantizes and uses a GEMM
-constexpr int64_t kMaxInFeatures = 16384;  // keeps 15-bit x 8-bit sums inside int32
+constexpr int64_t kMaxInFeatures = 8192;  // keeps 15-bit x 8-bit sums inside int32 (AVX2: K/8 per lane)
 constexpr int64_t kPrefetch = 16384;   // bytes ahead in the weight stream
 constexpr float kActivationMax = 16383.0f;
+
+enum Activation : int64_t { kNone = 0, kGelu = 1 };
+
+#if defined(MGB_ISA_AVX512)
+
+constexpr int64_t kRowGroup = 4;  // activation rows handled per pass over the weights
+constexpr const char* kIsaName = "AVX-512 VNNI";
 
 // One pass over blocks [b0, b1) of the packed weight for M activation rows.
 template <int M>
@@ -98,10 +110,16 @@ void quantize_rows(const T* x, int64_t rows, int64_t K, int16_t* xq, float* scal
   for (int64_t m = 0; m < rows; ++m) {
     const T* row = x + m * K;
     __m512 peak = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) peak = _mm512_max_ps(peak, _mm512_abs_ps(load16(row + k)));
+    __mmask16 bad = 0;  // lanes that met a nan (max_ps would drop it)
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m512 v = load16(row + k);
+      bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      peak = _mm512_max_ps(peak, _mm512_abs_ps(v));
+    }
     const float amax = _mm512_reduce_max_ps(peak);
     // a zero row stays zero; a row with inf or nan gives nan out, as the float maths would
-    const float scale = amax > 0.0f ? amax / kActivationMax : 1.0f;
+    const float scale = bad != 0 || amax == std::numeric_limits<float>::infinity() ? std::numeric_limits<float>::quiet_NaN()
+                        : amax > 0.0f ? amax / kActivationMax : 1.0f;
     const __m512 inv = _mm512_set1_ps(1.0f / scale);
     for (int64_t k = 0; k < K; k += 16) {
       const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load16(row + k), inv));  // round to nearest
@@ -145,8 +163,6 @@ inline __m512 gelu(__m512 x) {
   return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(erf, _mm512_set1_ps(1.0f)));
 }
 
-enum Activation : int64_t { kNone = 0, kGelu = 1 };
-
 // y[n0:n1] = act(y[n0:n1]) + residual[n0:n1] for one row, 16 at a time (masked at the end)
 void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
   for (int64_t n = n0; n < n1; n += 16) {
@@ -158,13 +174,147 @@ void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t a
   }
 }
 
+#elif defined(MGB_ISA_AVX2)
+
+constexpr int64_t kRowGroup = 2;  // 16 ymm registers: 4 channels x 2 rows of accumulators, plus inputs
+constexpr const char* kIsaName = "AVX2";
+
+inline int32_t hsum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// One pass over blocks [b0, b1) of the packed weight for M (1 or 2) activation rows: int8 weights
+// widened to int16, ``vpmaddwd`` into int32 (the pre-VNNI form of the same sums).
+template <int M>
+void gemv_blocks(const int16_t* x, const float* x_scale, int64_t K, const int8_t* w, const float* w_scale,
+                 float* y, int64_t ldy, int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    __m256i acc[kBlockRows][M];
+    for (auto& per_row : acc)
+      for (auto& a : per_row) a = _mm256_setzero_si256();
+    const int8_t* wp = w + b * kBlockRows * K;
+    if (b == b0) {
+      for (int64_t offset = 0; offset < kPrefetch; offset += kBlockCols)
+        _mm_prefetch(reinterpret_cast<const char*>(wp + offset), _MM_HINT_T1);
+    }
+    for (int64_t k = 0; k < K; k += kBlockCols) {
+      for (int64_t r = 0; r < kBlockRows; ++r)
+        _mm_prefetch(reinterpret_cast<const char*>(wp + kPrefetch + r * kBlockCols), _MM_HINT_T1);
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        __m256i xv[M];
+        for (int m = 0; m < M; ++m)
+          xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + m * K + k + quarter * 16));
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const __m256i wv = _mm256_cvtepi8_epi16(
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp + r * kBlockCols + quarter * 16)));
+          for (int m = 0; m < M; ++m) acc[r][m] = _mm256_add_epi32(acc[r][m], _mm256_madd_epi16(wv, xv[m]));
+        }
+      }
+      wp += kBlockRows * kBlockCols;
+    }
+    for (int64_t r = 0; r < kBlockRows; ++r) {
+      const int64_t n = b * kBlockRows + r;
+      for (int m = 0; m < M; ++m)
+        y[m * ldy + n] = static_cast<float>(hsum(acc[r][m])) * w_scale[n] * x_scale[m];
+    }
+  }
+}
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::BFloat16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+inline __m256 abs8(__m256 v) { return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF))); }
+
+template <typename T>
+void quantize_rows(const T* x, int64_t rows, int64_t K, int16_t* xq, float* scales) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const T* row = x + m * K;
+    __m256 peak = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) {
+      const __m256 v = load8(row + k);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      peak = _mm256_max_ps(peak, abs8(v));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, peak);
+    const float amax = *std::max_element(lanes, lanes + 8);
+    const float scale = _mm256_movemask_ps(bad) != 0 || amax == std::numeric_limits<float>::infinity()
+                            ? std::numeric_limits<float>::quiet_NaN()
+                            : amax > 0.0f ? amax / kActivationMax : 1.0f;
+    const __m256 inv = _mm256_set1_ps(1.0f / scale);
+    for (int64_t k = 0; k < K; k += 16) {
+      const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(load8(row + k), inv));
+      const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(load8(row + k + 8), inv));
+      // packs works within 128-bit lanes: put the four 64-bit quarters back in order
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(xq + m * K + k), packed);
+    }
+    scales[m] = scale;
+  }
+}
+
+inline __m256 exp_negative(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147181f), x);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  // 2^n through the exponent bits (n >= -126 after the clamp)
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+inline __m256 gelu(__m256 x) {
+  const __m256 z = abs8(_mm256_mul_ps(x, _mm256_set1_ps(0.707106781f)));
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
+  __m256 poly = _mm256_set1_ps(1.061405429f);
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  poly = _mm256_mul_ps(poly, t);
+  const __m256 tail = _mm256_mul_ps(poly, exp_negative(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z))));
+  const __m256 erf_abs = _mm256_sub_ps(_mm256_set1_ps(1.0f), tail);
+  const __m256 sign = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))));
+  const __m256 erf = _mm256_or_ps(erf_abs, sign);
+  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(erf, _mm256_set1_ps(1.0f)));
+}
+
+void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t n = n0; n < n1; n += 8) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(8, n1 - n))), iota);
+    __m256 v = _mm256_maskload_ps(y + n, mask);
+    if (activation == kGelu) v = gelu(v);
+    if (residual != nullptr) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + n, mask));
+    _mm256_maskstore_ps(y + n, mask, v);
+  }
+}
+
+#else
+#error "build with -DMGB_ISA_AVX512 or -DMGB_ISA_AVX2 (bridge/kernels/__init__.py does)"
+#endif
+
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scales,
                        int64_t activation, const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(weight.scalar_type() == at::kChar && weight.dim() == 2 && weight.is_contiguous(),
               "int8_linear: the weight must be a contiguous int8 matrix from pack_int8_weight");
   const int64_t N = weight.size(0), K = weight.size(1);
   TORCH_CHECK(N % kBlockRows == 0 && K % kBlockCols == 0 && K <= kMaxInFeatures,
-              "int8_linear: out_features must be a multiple of 4 and in_features a multiple of 64, at most 16384");
+              "int8_linear: out_features must be a multiple of 4 and in_features a multiple of 64, at most 8192");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.numel() == N && scales.is_contiguous(),
               "int8_linear: scales must be N contiguous floats");
   TORCH_CHECK(input.size(-1) == K, "int8_linear: the input's last dimension must be in_features");
@@ -205,8 +355,12 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& weight, const 
       switch (group) {
         case 1: gemv_blocks<1>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
         case 2: gemv_blocks<2>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+#if defined(MGB_ISA_AVX512)
         case 3: gemv_blocks<3>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
         default: gemv_blocks<4>(xg, sg, K, wp, sp, yg, N, b0, b1); break;
+#else
+        default: break;  // kRowGroup is 2
+#endif
       }
       if (finish) {  // on the outputs this thread just wrote, while they are in its cache
         for (int64_t m = 0; m < group; ++m)
@@ -271,9 +425,12 @@ at::Tensor decoder_layers(const at::Tensor& hidden_in, at::TensorList params, in
   return hidden;
 }
 
+std::string isa() { return kIsaName; }
+
 }  // namespace
 
 TORCH_LIBRARY(musicgen_bridge, m) {
+  m.def("isa() -> str", isa);
   m.def("int8_linear(Tensor input, Tensor weight, Tensor scales, int activation=0, Tensor? residual=None) -> Tensor");
   m.def("decoder_layers(Tensor hidden, Tensor[] params, int start, bool cross, Tensor? cross_mask, int heads, "
         "float eps) -> Tensor");
