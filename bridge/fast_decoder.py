@@ -257,9 +257,17 @@ class FastDecoder:
 
     def describe(self) -> str:
         """What does the matrix work, in a few words (``info()``, the serve banner, ``bench``)."""
-        if self.weights == "int8":
-            return self.kernel.reason if self.kernel.available else f"torch's int8 kernel ({self.kernel.reason})"
-        return f"torch ({self.weights})"
+        if self.weights != "int8":
+            return f"torch ({self.weights})"
+        if not self.kernel.available:
+            return f"torch's int8 kernel ({self.kernel.reason})"
+        linears = [lin for layer in self.layers
+                   for lin in (*layer.qkv, layer.out_self, layer.q_cross, layer.out_cross, layer.fc1, layer.fc2)
+                   if lin is not None]
+        native = sum(lin.kind == "int8-native" for lin in linears)
+        if native < len(linears):
+            return f"{self.kernel.reason} for {native} of {len(linears)} linear layers (other shapes: torch's)"
+        return self.kernel.reason
 
     def nbytes(self) -> int:
         """Bytes of weights this decoder reads (besides the checkpoint's own modules)."""

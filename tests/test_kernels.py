@@ -159,6 +159,7 @@ def test_decoder_on_the_native_kernel_stays_close_to_fp32(kernel):
     assert native.kernel.available
     kinds = {lin.kind for layer in native.layers for lin in (*layer.qkv, layer.out_self, layer.fc1, layer.fc2)}
     assert kinds == {"int8-native"}
+    assert native.describe() == kernel.reason
     want = _logits(FastDecoder(lm, "fp32"))
     got = _logits(native)
     torch_kernel = _logits(FastDecoder(lm, "int8", native_kernels=False))
@@ -318,3 +319,13 @@ def test_nan_and_inf_inputs_give_nan_as_the_float_maths_does(kernel):
     x[1, 3] = float("inf")
     got = torch.ops.musicgen_bridge.int8_linear(x, kernels.pack_int8_weight(q), scales)
     assert bool(got[0].isnan().all()) and bool(got[1].isnan().all()) and bool(got[2].isfinite().all())
+
+
+@needs_kernel
+def test_a_decoder_says_when_only_some_layers_fit(kernel, tiny_engine):
+    """tiny-random is 32 wide: only fc2 (128 inputs) fits the kernel, and describe() says so."""
+    fast = FastDecoder(tiny_engine.model.decoder, "int8")
+    assert not fast.native_step
+    assert fast.describe().endswith("for 2 of 12 linear layers (other shapes: torch's)")
+    assert FastDecoder(tiny_engine.model.decoder, "int8", native_kernels=False).describe() == (
+        "torch's int8 kernel (native kernels not asked for)")
