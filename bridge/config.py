@@ -19,7 +19,7 @@ ENV_PREFIX = "MUSICGEN_BRIDGE_"
 
 
 PRECISION_HELP = ("how the decoder stores its weights: auto (default: int8 on CPU, fp16 on a GPU), fp32, fp16, bf16, "
-                  "int8, int4 (fastest on CPU, audibly lossy); see the README's speed section")
+                  "int8, int4 (audibly lossy, for sketches); see the README's speed section")
 
 
 @dataclass(frozen=True)

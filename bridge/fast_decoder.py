@@ -13,10 +13,12 @@ tokens of one step into the logits of the next. Precisions (``weights``):
 - ``fp32``: the checkpoint's own tensors, unchanged: greedy tokens equal ``generate``'s.
 - ``bf16``: weights rounded to bfloat16, matmuls in bf16 with fp32 accumulation, KV cache in bf16.
 - ``int8``: the transformer's linear layers as int8 with one scale per output channel, embeddings and
-  the codebook heads in bf16. On CPUs with AVX-512 VNNI the native kernel (``bridge/kernels``)
-  multiplies them with the activations quantized per row to 15 bits (finer than bf16); elsewhere
-  torch's weight-only kernel does, with bf16 activations.
-- ``int4``: 4-bit groups of 32 input channels: the fastest on CPU, and audibly lossy (a sketch mode).
+  the codebook heads in bf16. On x86 CPUs with AVX-512 VNNI or AVX2 the native kernel
+  (``bridge/kernels``) multiplies them with the activations quantized per row to 15 bits (finer than
+  bf16), and one native call runs all layers of a step; elsewhere torch's weight-only kernel does,
+  with bf16 activations.
+- ``int4``: 4-bit groups of 32 input channels, torch's kernel: audibly lossy (a sketch mode), and
+  faster than ``int8`` only where the native kernel is not available.
 - ``fp16``: half weights and cache (the GPU default).
 """
 
