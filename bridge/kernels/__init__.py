@@ -1,11 +1,12 @@
 """Native CPU kernels, built on first use with the machine's C++ compiler.
 
-``int8_linear.cpp`` registers two ops (see that file for how they work):
+``int8_linear.cpp`` registers these ops (see that file for how they work):
 
 - ``torch.ops.musicgen_bridge.int8_linear``: the int8 weight-only linear layer of the fast decoder,
   with an optional fused GELU and residual add;
 - ``torch.ops.musicgen_bridge.decoder_layers``: all decoder layers for one position, built on it, so
-  a decoding step is one call instead of ~30 Python calls per layer.
+  a decoding step is one call instead of ~30 Python calls per layer;
+- ``torch.ops.musicgen_bridge.isa``: which build is loaded (``"AVX-512 VNNI"`` or ``"AVX2"``).
 
 The library is built for the best instruction set the CPU has: AVX-512 with VNNI, else AVX2 with FMA
 (most x86 CPUs since 2013). ``MUSICGEN_BRIDGE_KERNELS`` chooses: ``auto`` (default), ``avx512``,
