@@ -41,7 +41,6 @@ ISAS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                ("-DMGB_ISA_AVX512", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma")),
     "avx2": (("avx2", "fma"), ("-DMGB_ISA_AVX2", "-mavx2", "-mfma")),
 }
-REQUIRED_CPU_FLAGS = ISAS["avx512"][0]  # for the fastest build
 OFF_VALUES = ("0", "off", "no", "false")
 BLOCK_ROWS = 4  # output channels interleaved per block: int8_linear.cpp's kBlockRows
 BLOCK_COLS = 64  # input channels per chunk: kBlockCols

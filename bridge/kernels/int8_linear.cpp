@@ -129,50 +129,26 @@ void quantize_rows(const T* x, int64_t rows, int64_t K, int16_t* xq, float* scal
   }
 }
 
-// exp(x) for x <= 0 (all GELU needs): 2^n * p(f), p a degree-6 Taylor polynomial on |f| <= ln2/2
-inline __m512 exp_negative(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
-  const __m512 f = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147181f), x);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+// The float vector and the few operations the shared GELU and epilogue below need.
+using Vec = __m512;
+constexpr int64_t kLanes = 16;
+inline Vec vset(float a) { return _mm512_set1_ps(a); }
+inline Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+inline Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+inline Vec vfmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }    // a * b + c
+inline Vec vfnmadd(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+inline Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+inline Vec vabs(Vec a) { return _mm512_abs_ps(a); }
+inline Vec vround(Vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT); }
+inline Vec vcopysign(Vec magnitude, Vec sign) {  // |magnitude| >= 0 with sign's sign bit
+  return _mm512_or_ps(magnitude, _mm512_and_ps(sign, _mm512_castsi512_ps(_mm512_set1_epi32(INT32_MIN))));
 }
-
-// GELU with the exact erf form (transformers' "gelu"): 0.5 x (1 + erf(x / sqrt 2)), erf by
-// Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7).
-inline __m512 gelu(__m512 x) {
-  const __m512 z = _mm512_abs_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.707106781f)));
-  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
-  __m512 poly = _mm512_set1_ps(1.061405429f);
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-1.453152027f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(1.421413741f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(-0.284496736f));
-  poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(0.254829592f));
-  poly = _mm512_mul_ps(poly, t);
-  const __m512 tail = _mm512_mul_ps(poly, exp_negative(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z))));
-  const __m512 erf_abs = _mm512_sub_ps(_mm512_set1_ps(1.0f), tail);
-  // erf is odd: carry x's sign over
-  const __m512 sign = _mm512_and_ps(x, _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u))));
-  const __m512 erf = _mm512_or_ps(erf_abs, sign);
-  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), _mm512_add_ps(erf, _mm512_set1_ps(1.0f)));
-}
-
-// y[n0:n1] = act(y[n0:n1]) + residual[n0:n1] for one row, 16 at a time (masked at the end)
-void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
-  for (int64_t n = n0; n < n1; n += 16) {
-    const __mmask16 mask = n1 - n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n1 - n)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(mask, y + n);
-    if (activation == kGelu) v = gelu(v);
-    if (residual != nullptr) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, residual + n));
-    _mm512_mask_storeu_ps(y + n, mask, v);
-  }
-}
+inline Vec vscale2(Vec p, Vec n) { return _mm512_scalef_ps(p, n); }  // p * 2^n
+inline __mmask16 lanes(int64_t count) { return static_cast<__mmask16>((1u << count) - 1); }
+inline Vec load_part(const float* p, int64_t count) { return _mm512_maskz_loadu_ps(lanes(count), p); }
+inline void store_part(float* p, Vec v, int64_t count) { _mm512_mask_storeu_ps(p, lanes(count), v); }
 
 #elif defined(MGB_ISA_AVX2)
 
@@ -260,53 +236,70 @@ void quantize_rows(const T* x, int64_t rows, int64_t K, int16_t* xq, float* scal
   }
 }
 
-inline __m256 exp_negative(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147181f), x);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  // 2^n through the exponent bits (n >= -126 after the clamp)
+using Vec = __m256;
+constexpr int64_t kLanes = 8;
+inline Vec vset(float a) { return _mm256_set1_ps(a); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+inline Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec vdiv(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec vfmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vfnmadd(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a, b, c); }
+inline Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec vabs(Vec a) { return abs8(a); }
+inline Vec vround(Vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec vcopysign(Vec magnitude, Vec sign) {
+  return _mm256_or_ps(magnitude, _mm256_and_ps(sign, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN))));
+}
+inline Vec vscale2(Vec p, Vec n) {  // p * 2^n through the exponent bits (-126 <= n <= 127)
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
-
-inline __m256 gelu(__m256 x) {
-  const __m256 z = abs8(_mm256_mul_ps(x, _mm256_set1_ps(0.707106781f)));
-  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(z, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
-  __m256 poly = _mm256_set1_ps(1.061405429f);
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
-  poly = _mm256_mul_ps(poly, t);
-  const __m256 tail = _mm256_mul_ps(poly, exp_negative(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(z, z))));
-  const __m256 erf_abs = _mm256_sub_ps(_mm256_set1_ps(1.0f), tail);
-  const __m256 sign = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))));
-  const __m256 erf = _mm256_or_ps(erf_abs, sign);
-  return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(erf, _mm256_set1_ps(1.0f)));
+inline __m256i lanes(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-
-void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int64_t n = n0; n < n1; n += 8) {
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(8, n1 - n))), iota);
-    __m256 v = _mm256_maskload_ps(y + n, mask);
-    if (activation == kGelu) v = gelu(v);
-    if (residual != nullptr) v = _mm256_add_ps(v, _mm256_maskload_ps(residual + n, mask));
-    _mm256_maskstore_ps(y + n, mask, v);
-  }
-}
+inline Vec load_part(const float* p, int64_t count) { return _mm256_maskload_ps(p, lanes(count)); }
+inline void store_part(float* p, Vec v, int64_t count) { _mm256_maskstore_ps(p, lanes(count), v); }
 
 #else
 #error "build with -DMGB_ISA_AVX512 or -DMGB_ISA_AVX2 (bridge/kernels/__init__.py does)"
 #endif
+
+// ---- shared by both builds, written on the Vec operations above ------------------------------------
+
+// exp(x) for x <= 0 (all GELU needs): 2^n * p(f), p a degree-6 Taylor polynomial on |f| <= ln2/2
+inline Vec exp_negative(Vec x) {
+  x = vmax(x, vset(-87.0f));
+  const Vec n = vround(vmul(x, vset(1.44269504f)));
+  const Vec f = vfnmadd(n, vset(0.693147181f), x);
+  Vec p = vset(1.0f / 720);
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = vfmadd(p, f, vset(c));
+  return vscale2(p, n);
+}
+
+// GELU with the exact erf form (transformers' "gelu"): 0.5 x (1 + erf(x / sqrt 2)), erf by
+// Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7).
+inline Vec gelu(Vec x) {
+  const Vec z = vabs(vmul(x, vset(0.707106781f)));
+  const Vec t = vdiv(vset(1.0f), vfmadd(z, vset(0.3275911f), vset(1.0f)));
+  Vec poly = vset(1.061405429f);
+  for (const float c : {-1.453152027f, 1.421413741f, -0.284496736f, 0.254829592f}) poly = vfmadd(poly, t, vset(c));
+  poly = vmul(poly, t);
+  const Vec erf_abs = vsub(vset(1.0f), vmul(poly, exp_negative(vsub(vset(0.0f), vmul(z, z)))));
+  const Vec erf = vcopysign(erf_abs, x);  // erf is odd
+  return vmul(vmul(x, vset(0.5f)), vadd(erf, vset(1.0f)));
+}
+
+// y[n0:n1] = act(y[n0:n1]) + residual[n0:n1] for one row, a vector at a time (masked at the end)
+void epilogue(float* y, const float* residual, int64_t n0, int64_t n1, int64_t activation) {
+  for (int64_t n = n0; n < n1; n += kLanes) {
+    const int64_t count = std::min(kLanes, n1 - n);
+    Vec v = load_part(y + n, count);
+    if (activation == kGelu) v = gelu(v);
+    if (residual != nullptr) v = vadd(v, load_part(residual + n, count));
+    store_part(y + n, v, count);
+  }
+}
 
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scales,
                        int64_t activation, const std::optional<at::Tensor>& residual) {
