@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from bridge.decoding import Sampling
+from bridge.engine.decoding import Sampling
 from bridge.engine import Engine
-from bridge.fast_decoder import FastDecoder
-from bridge.models import load_model
+from bridge.engine.fast_decoder import FastDecoder
+from bridge.engine.models import load_model
 
 
 def guided_logits(engine: Engine, fast: FastDecoder, tokens: torch.Tensor, prompt: str) -> torch.Tensor:

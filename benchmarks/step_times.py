@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from bridge.decoding import Sampling
+from bridge.engine.decoding import Sampling
 from bridge.engine import Engine
-from bridge.fast_decoder import FastDecoder
-from bridge.models import load_model
+from bridge.engine.fast_decoder import FastDecoder
+from bridge.engine.models import load_model
 
 
 def main() -> int:

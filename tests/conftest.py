@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bridge.api import Bridge
+from bridge.app.bridge import Bridge
 from bridge.config import Config
 from bridge.engine import Engine
-from bridge.models import load_model
+from bridge.engine.models import load_model
 
 pytest_plugins = ["jack_fixture"]  # jack_server, no_jack: a JACK dummy server per test
 
@@ -72,22 +72,22 @@ import threading as _threading  # noqa: E402
 import time as _time  # noqa: E402
 
 from bridge import tempo as _tempo  # noqa: E402
-from bridge.api import Chunk as _Chunk  # noqa: E402
-from bridge.api import JobResult as _JobResult  # noqa: E402
+from bridge.app.bridge import Chunk as _Chunk  # noqa: E402
+from bridge.app.bridge import JobResult as _JobResult  # noqa: E402
 from bridge.audio import read_clip as _read_clip  # noqa: E402
 from bridge.errors import Cancelled as _Cancelled  # noqa: E402
 from bridge.errors import ModelError as _ModelError  # noqa: E402
 from bridge.errors import NotFound as _NotFound  # noqa: E402
 from bridge.options import Request as _Request  # noqa: E402
-from bridge.osc.transport import FrameReader as _FrameReader  # noqa: E402
-from bridge.osc.transport import Message as _Message  # noqa: E402
-from bridge.osc.transport import decode_packet as _decode_packet  # noqa: E402
-from bridge.osc.transport import encode_message as _encode_message  # noqa: E402
-from bridge.osc.transport import frame as _frame  # noqa: E402
+from bridge.frontends.osc.transport import FrameReader as _FrameReader  # noqa: E402
+from bridge.frontends.osc.transport import Message as _Message  # noqa: E402
+from bridge.frontends.osc.transport import decode_packet as _decode_packet  # noqa: E402
+from bridge.frontends.osc.transport import encode_message as _encode_message  # noqa: E402
+from bridge.frontends.osc.transport import frame as _frame  # noqa: E402
 
 
 class FakeBridge:
-    """Stands in for bridge.api.Bridge: real request validation, a stepped run that honours cancel.
+    """Stands in for bridge.app.bridge.Bridge: real request validation, a stepped run that honours cancel.
 
     ``run`` takes ``steps`` steps of ``step_seconds`` (reporting progress after each), waits while
     ``gate`` is clear, and writes a real WAV of the asked length. Prompts starting with "raise "
@@ -290,7 +290,7 @@ def osc_server(fake_bridge, tmp_path):
     ``osc_server(bridge=None, token=None, queue_size=16, **server_kwargs) -> (server, client)``;
     every server started is stopped at the end of the test.
     """
-    from bridge.osc.server import OscServer
+    from bridge.frontends.osc.server import OscServer
 
     started: list = []
 

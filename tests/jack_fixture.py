@@ -6,7 +6,7 @@ from the test inherit it), and kills it afterwards. ``no_jack`` points JACK clie
 does not exist, so "no audio device" can be tested even while other JACK servers run.
 
 PortAudio (sounddevice) lists devices once, when it is loaded: load it only in processes started after
-the server is up (``bridge.playback`` does so by itself: each take runs in a fresh child process).
+the server is up (``bridge.audio.playback`` does so by itself: each take runs in a fresh child process).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from bridge import tempo
-from bridge.api import Bridge
+from bridge.app.bridge import Bridge
 from bridge.config import Config
 from bridge.errors import BadArgs, BadAudio, Cancelled, NotFound
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.decoding import Sampling
+from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
 from bridge.errors import Cancelled
 

@@ -9,7 +9,7 @@ import pytest
 
 from bridge import tempo
 from bridge.errors import BadArgs
-from bridge.jam import Jam, JamSettings
+from bridge.engine.jam import Jam, JamSettings
 
 
 def test_segments_are_whole_bars_and_continuous(tiny_engine):
@@ -54,7 +54,7 @@ def test_bad_jam_settings_say_what_to_do(tiny_engine):
 def test_stream_resampler_equals_one_shot(rate_from, rate_to):
     from scipy.signal import resample_poly
 
-    from bridge.jam_runner import StreamResampler
+    from bridge.app.jam import StreamResampler
 
     rng = np.random.default_rng(1)
     signal = rng.standard_normal((2, 50_000)).astype(np.float32) * 0.1
@@ -73,7 +73,7 @@ def test_stream_resampler_equals_one_shot(rate_from, rate_to):
 def test_run_jam_writes_segments_and_the_take(tiny_engine, tmp_path):
     import soundfile as sf
 
-    from bridge.jam_runner import run_jam
+    from bridge.app.jam import run_jam
 
     jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
     announced = []
@@ -133,7 +133,7 @@ def _slowed(jam, generation_seconds):
 
 
 def test_playback_waits_for_two_segments_when_faster_than_real_time(tiny_engine, tmp_path):
-    from bridge.jam_runner import run_jam
+    from bridge.app.jam import run_jam
 
     player = _RecordingPlayer()
     warnings = []
@@ -148,7 +148,7 @@ def test_playback_waits_for_two_segments_when_faster_than_real_time(tiny_engine,
 
 
 def test_a_slow_machine_pre_rolls_and_says_so_once(tiny_engine, tmp_path):
-    from bridge.jam_runner import SLOW_MARGIN, run_jam
+    from bridge.app.jam import SLOW_MARGIN, run_jam
 
     player = _RecordingPlayer()
     warnings = []

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from bridge.errors import BadArgs, Busy, NotFound
-from bridge.jobs import JobQueue
+from bridge.app.jobs import JobQueue
 from bridge.options import Request
 
 

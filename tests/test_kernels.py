@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge import kernels
-from bridge.fast_decoder import FastDecoder, PackedLinear
+from bridge.engine import kernels
+from bridge.engine.fast_decoder import FastDecoder, PackedLinear
 
 CAN_RUN = kernels.pick_isa(kernels.cpu_flags()) is not None
 needs_kernel = pytest.mark.skipif(not CAN_RUN, reason="this CPU has neither AVX-512 VNNI nor AVX2")
@@ -173,7 +173,7 @@ def test_decoder_on_the_native_kernel_stays_close_to_fp32(kernel):
 
 def _status_in_a_child(setting: str) -> str:
     """load_int8_kernel's answer in a fresh process (this one may have loaded the kernel already)."""
-    code = ("from bridge import kernels; s = kernels.load_int8_kernel(); "
+    code = ("from bridge.engine import kernels; s = kernels.load_int8_kernel(); "
             "print(s.available, kernels.int8_kernel_loaded(), s.reason)")
     env = {**os.environ, "MUSICGEN_BRIDGE_KERNELS": setting}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

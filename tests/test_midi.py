@@ -14,9 +14,9 @@ import mido
 import pytest
 
 from bridge.errors import BadArgs
-from bridge.midi import FirePreset, MidiActions, MidiMapper, SetParam, SetTempo, SwitchBank, Transport
+from bridge.frontends.midi import FirePreset, MidiActions, MidiMapper, SetParam, SetTempo, SwitchBank, Transport
 from bridge.options import Request
-from bridge.presets import PresetLibrary
+from bridge.app.presets import PresetLibrary
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 JACK_MIDI = "mido.backends.rtmidi/UNIX_JACK"
@@ -197,8 +197,8 @@ def _run_python(script, jack_server, timeout=60):
 def test_a_virtual_jack_port_fires_a_preset(jack_server):
     out = _run_python(f"""
         import time, mido
-        from bridge.midi import MidiInput, MidiMapper
-        from bridge.presets import PresetLibrary
+        from bridge.frontends.midi import MidiInput, MidiMapper
+        from bridge.app.presets import PresetLibrary
         got = []
         with MidiInput(MidiMapper(PresetLibrary.load({str(PRESETS)!r}), "lofi"), got.append, virtual=True) as midi_in:
             [name] = [n for n in mido.get_output_names() if "musicgen-bridge" in n]  # our virtual input
@@ -216,8 +216,8 @@ def test_a_named_jack_port_is_found_by_part_of_its_name(jack_server):
     out = _run_python(f"""
         import time, mido
         from bridge.errors import BridgeError
-        from bridge.midi import MidiInput, MidiMapper
-        from bridge.presets import PresetLibrary
+        from bridge.frontends.midi import MidiInput, MidiMapper
+        from bridge.app.presets import PresetLibrary
         mapper = MidiMapper(PresetLibrary.load({str(PRESETS)!r}), "lofi")
         try:
             MidiInput(mapper, print, port="launchpad")
@@ -240,11 +240,11 @@ def test_a_named_jack_port_is_found_by_part_of_its_name(jack_server):
 
 
 def test_an_ambiguous_port_name_is_refused(monkeypatch):
-    import bridge.midi
+    import bridge.frontends.midi
 
-    monkeypatch.setattr(bridge.midi, "input_names", lambda: ["Pad A:out 1", "Pad A:out 2", "Keys"])
+    monkeypatch.setattr(bridge.frontends.midi, "input_names", lambda: ["Pad A:out 1", "Pad A:out 2", "Keys"])
     with pytest.raises(BadArgs, match="matches 2 MIDI inputs"):
-        bridge.midi.MidiInput(MidiMapper(PresetLibrary.load(PRESETS), "lofi"), print, port="pad a")
+        bridge.frontends.midi.MidiInput(MidiMapper(PresetLibrary.load(PRESETS), "lofi"), print, port="pad a")
 
 
 def test_serve_with_midi_fires_a_preset_job(jack_server, tmp_path):

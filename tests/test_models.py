@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge.decoding import Sampling
+from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
 from bridge.errors import ModelError
-from bridge.models import build_random, load_model, pick_device, pick_dtype
+from bridge.engine.models import build_random, load_model, pick_device, pick_dtype
 
 
 def _save_tiny_checkpoint(folder):

@@ -9,8 +9,8 @@ import pytest
 import soundfile as sf
 
 from bridge import __version__
-from bridge.cli import main
-from bridge.client import TIMEOUT_EXIT, parse_arg, send
+from bridge.frontends.cli import main
+from bridge.frontends.client import TIMEOUT_EXIT, parse_arg, send
 from bridge.errors import BadArgs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bridge.osc.routes import routes
+from bridge.frontends.osc.routes import routes
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEADING = "## OSC addresses"
@@ -28,7 +28,7 @@ def table_rows(markdown: str) -> list[list[str]]:
 def readme_table() -> list[list[str]]:
     text = README.read_text(encoding="utf-8")
     assert HEADING in text, (f"{README} has no '{HEADING}' section; paste the table that "
-                             "`python -m bridge.osc.routes` prints under that heading")
+                             "`python -m bridge.frontends.osc.routes` prints under that heading")
     section = text.split(HEADING, 1)[1].split("\n## ", 1)[0]
     return table_rows(section)
 
@@ -42,7 +42,7 @@ def test_readme_table_matches_the_registered_routes():
     expected = table_rows(routes.markdown())
     actual = readme_table()
     assert [r[0] for r in actual] == [r[0] for r in expected], (
-        "the README's addresses differ from the registered routes; regenerate with `python -m bridge.osc.routes`")
+        "the README's addresses differ from the registered routes; regenerate with `python -m bridge.frontends.osc.routes`")
     for got, want in zip(actual, expected, strict=True):
         assert got == want, (f"README row for {want[0]} differs from the route's declaration and docstring; "
-                             "regenerate with `python -m bridge.osc.routes`")
+                             "regenerate with `python -m bridge.frontends.osc.routes`")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bridge.errors import BadArgs, NotFound
-from bridge.jobs import JobQueue
-from bridge.osc.routes import ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
+from bridge.app.jobs import JobQueue
+from bridge.frontends.osc.routes import ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
 
 
 class Peers:

@@ -7,7 +7,7 @@ import struct
 import pytest
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.osc.transport import (
+from bridge.frontends.osc.transport import (
     MAX_PACKET,
     BadPacket,
     FrameError,

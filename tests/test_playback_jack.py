@@ -21,7 +21,7 @@ import soundfile as sf
 
 from bridge.audio import match_channels, resample, resampled_length
 from bridge.errors import NoAudioDevice
-from bridge.playback import Player, list_devices, parse_device
+from bridge.audio.playback import Player, list_devices, parse_device
 
 if TYPE_CHECKING:
     from jack_fixture import JackServer
@@ -221,7 +221,7 @@ def test_the_calling_process_never_loads_portaudio(jack_server, tmp_path):
     script.write_text(textwrap.dedent("""
         import json, sys
         import numpy as np
-        from bridge.playback import Player
+        from bridge.audio.playback import Player
 
         if __name__ == "__main__":
             player = Player(device="system")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import BadArgs, NotFound
-from bridge.presets import PresetLibrary
+from bridge.app.presets import PresetLibrary
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bridge.ringbuffer import RingBuffer
+from bridge.audio.ringbuffer import RingBuffer
 
 
 def ramp(start: int, n: int, channels: int = 2) -> np.ndarray:

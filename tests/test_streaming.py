@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import torch
 
-from bridge.streaming import StreamingDecoder
+from bridge.engine.streaming import StreamingDecoder
 
 
 def test_chunks_joined_match_one_shot_decode(tiny_engine):

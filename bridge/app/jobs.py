@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
 
 if TYPE_CHECKING:
-    from bridge.api import Chunk, JobResult
+    from bridge.app.bridge import Chunk, JobResult
     from bridge.options import Request
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ MAX_ID_LENGTH = 128
 
 
 class Runner(Protocol):
-    """What the queue needs of :class:`bridge.api.Bridge`."""
+    """What the queue needs of :class:`bridge.app.bridge.Bridge`."""
 
     def run(self, job_id: str, request: Request, progress: Callable[[float], None],
             is_cancelled: Callable[[], bool],

@@ -114,7 +114,7 @@ class Bench:
         import torch  # noqa: PLC0415
 
         from bridge.engine import Engine  # noqa: PLC0415
-        from bridge.models import load_model, pick_device, pick_dtype, pick_precision  # noqa: PLC0415
+        from bridge.engine.models import load_model, pick_device, pick_dtype, pick_precision  # noqa: PLC0415
 
         self.torch = torch
         self.device = pick_device(device)
@@ -183,9 +183,9 @@ class Bench:
     def run_bridge(self, frames: int) -> RunTiming:
         """The engine at its defaults, then the codec; the first 0.5 s chunk is decoded as soon as its frames
         (and the codec's lookahead) are complete, as streaming does."""
-        from bridge.decoding import Sampling  # noqa: PLC0415
+        from bridge.engine.decoding import Sampling  # noqa: PLC0415
         from bridge.engine import GenerationSpec  # noqa: PLC0415
-        from bridge.streaming import DEFAULT_LOOKAHEAD, StreamingDecoder  # noqa: PLC0415
+        from bridge.engine.streaming import DEFAULT_LOOKAHEAD, StreamingDecoder  # noqa: PLC0415
 
         engine = self.engine
         chunk = max(1, min(frames, round(FIRST_CHUNK_SECONDS * self.loaded.frame_rate)))
@@ -220,7 +220,7 @@ class Bench:
 
 def time_jam(bench: Bench, segments: int, bars: int) -> dict[str, Any]:
     """Run the jam as the daemon does (each segment continues the tokens of the ones before) and time it."""
-    from bridge.jam import Jam, JamSettings  # noqa: PLC0415
+    from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
 
     jam = Jam(bench.engine, JamSettings(prompt=bench.prompt, bpm=120.0, bars=bars, seed=bench.seed))
     lengths, times = [], []

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from bridge.errors import BadArgs
-from bridge.osc.transport import (
+from bridge.frontends.osc.transport import (
     BadPacket,
     FrameReader,
     Message,
@@ -68,7 +68,7 @@ class Outcome:
 
 
 def _exit_code(fail_code: str) -> int:
-    from bridge.cli import EXIT_CODES  # noqa: PLC0415 - the CLI owns the table; it imports this module lazily
+    from bridge.frontends.cli import EXIT_CODES  # noqa: PLC0415 - the CLI owns the table; it imports this module lazily
 
     return EXIT_CODES.get(fail_code, 1)
 
@@ -227,7 +227,7 @@ def main_send(argv: Sequence[str] | None = None) -> int:
     """``musicgen-bridge send`` on its own (the CLI wires :func:`run_send` in the same way)."""
     import argparse  # noqa: PLC0415
 
-    from bridge.osc.cli_glue import add_send_arguments  # noqa: PLC0415
+    from bridge.frontends.osc.cli_glue import add_send_arguments  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="musicgen-bridge send")
     add_send_arguments(parser)

@@ -4,7 +4,7 @@ Why a child process: PortAudio cannot be trusted with the daemon's life. Measure
 backend (jackd2 1.9.21, PortAudio 19.6): when the JACK server dies mid-stream, ``Stream.abort()`` and
 ``Stream.close()`` never return, and at interpreter exit ``Pa_Terminate`` fails an assertion and aborts
 the process. PortAudio also lists devices once, when it is loaded, so a daemon that loaded it before
-JACK started would never see JACK. So each take runs ``python -m bridge.playback_child`` (a plain subprocess:
+JACK started would never see JACK. So each take runs ``python -m bridge.audio.playback_child`` (a plain subprocess:
 nothing of the caller's ``__main__`` is re-imported), which loads sounddevice, opens the device, and
 plays from a ring buffer its callback only copies from. The daemon never loads PortAudio; a watchdog
 thread here kills a child whose callback (or whose heartbeat) stopped, so a dead backend costs at most
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from bridge.errors import BadArgs, BadAudio, NoAudioDevice
-from bridge.playback_child import (
+from bridge.audio.playback_child import (
     AUDIO,
     C_CALLBACKS,
     C_CONSUMED,
@@ -104,12 +104,12 @@ def parse_device(value: str | int | None) -> str | int | None:
 
 
 def _child_command(*args: str) -> tuple[list[str], dict[str, str]]:
-    """``python -m bridge.playback_child``, importing this very copy of the package (a checkout or an install)."""
+    """``python -m bridge.audio.playback_child``, importing this very copy of the package (a checkout or an install)."""
     env = dict(os.environ)
-    package_root = Path(__file__).resolve().parents[1]
+    package_root = Path(__file__).resolve().parents[2]
     if package_root.name not in ("site-packages", "dist-packages"):  # never put site-packages before the stdlib
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), env.get("PYTHONPATH", "")) if p)
-    return [sys.executable, "-m", "bridge.playback_child", *args], env
+    return [sys.executable, "-m", "bridge.audio.playback_child", *args], env
 
 
 def list_devices(timeout: float = 15.0) -> list[OutputDevice]:

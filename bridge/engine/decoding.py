@@ -6,7 +6,7 @@ streaming and the jam alike. It runs the model's own decoder weights, so with gr
 fp32 its tokens equal ``generate``'s (tests check this on tiny-random and on the small architecture).
 
 What turns the tokens of one step into the next logits is a *stepper*: :class:`FastStepper` runs
-:class:`bridge.fast_decoder.FastDecoder` (preallocated cache, packed weights, the text's keys and
+:class:`bridge.engine.fast_decoder.FastDecoder` (preallocated cache, packed weights, the text's keys and
 values projected once), :class:`ReferenceStepper` calls transformers' own decoder module with a
 ``DynamicCache`` and is kept as the reference the fast one is tested against.
 
@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 
 from bridge.errors import Cancelled
-from bridge.fast_decoder import DecoderState, FastDecoder, GraphedStep
+from bridge.engine.fast_decoder import DecoderState, FastDecoder, GraphedStep
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ against the function's signature at import) and whether trailing ``key value`` o
 The first docstring line is the README table's "meaning"; a ``Replies:`` line its "replies".
 Routes know nothing of sockets: they get a :class:`Context` and call ``ctx.reply``, the job queue
 and the bridge; raising a :class:`~bridge.errors.BridgeError` becomes ``/musicgen/fail`` in the
-server. ``python -m bridge.osc.routes`` prints the README table.
+server. ``python -m bridge.frontends.osc.routes`` prints the README table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from bridge import __version__
 from bridge.errors import BadArgs, NotFound
-from bridge.jobs import ALL, Job, JobQueue
+from bridge.app.jobs import ALL, Job, JobQueue
 from bridge.options import closest, parse_options
 
 # -- argument converters ------------------------------------------------------------------------

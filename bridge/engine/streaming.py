@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bridge.engine import Engine
+from bridge.engine.engine import Engine
 
 DEFAULT_CHUNK_FRAMES = 25  # 0.5 s at 50 Hz
 DEFAULT_LEFT_CONTEXT = 25

@@ -75,7 +75,7 @@ def add_send_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_send(args: argparse.Namespace) -> int:
-    from bridge.client import run_send  # noqa: PLC0415
+    from bridge.frontends.client import run_send  # noqa: PLC0415
 
     return run_send(args)
 
@@ -105,8 +105,8 @@ def _check_port_free(host: str, port: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; then cancel and report the jobs, and exit 0."""
-    from bridge.api import Bridge  # noqa: PLC0415  (imports torch: keep --help fast)
-    from bridge.osc.server import OscServer, is_loopback  # noqa: PLC0415
+    from bridge.app.bridge import Bridge  # noqa: PLC0415  (imports torch: keep --help fast)
+    from bridge.frontends.osc.server import OscServer, is_loopback  # noqa: PLC0415
 
     config = config_from_args(args)
     if config.queue_size < 1:
@@ -144,12 +144,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _open_midi(args: argparse.Namespace, bridge: Any, server: Any) -> Any:
     """Connect a MIDI controller: notes fire presets as jobs, CCs and clock steer the jam."""
-    from bridge.midi import MidiActions, MidiInput, MidiMapper  # noqa: PLC0415
+    from bridge.frontends.midi import MidiActions, MidiInput, MidiMapper  # noqa: PLC0415
 
-    if bridge.presets is None or not bridge.presets.banks():
+    if bridge.app.presets is None or not bridge.app.presets.banks():
         raise BadArgs("--midi needs preset banks (their midi: sections map the controller): add --presets DIR")
-    bank = args.midi_bank or bridge.presets.banks()[0]
-    mapper = MidiMapper(bridge.presets, bank)
+    bank = args.midi_bank or bridge.app.presets.banks()[0]
+    mapper = MidiMapper(bridge.app.presets, bank)
     midi = MidiInput(mapper, MidiActions(bridge, server.submit, mapper).apply, port=args.midi or None)
     sys.stderr.write(f"MIDI: listening on {midi.name}, bank {bank}\n")
     return midi

@@ -1,10 +1,10 @@
-"""The audio child process of bridge.playback: the only code that loads PortAudio (sounddevice).
+"""The audio child process of bridge.audio.playback: the only code that loads PortAudio (sounddevice).
 
-``python -m bridge.playback_child`` reads its settings from stdin, opens the output device, and plays
+``python -m bridge.audio.playback_child`` reads its settings from stdin, opens the output device, and plays
 what the parent sends into a bounded ring buffer its callback only copies from; it reports status,
 the record tap and the end on stdout. ``--list`` prints the output devices as JSON instead. The two
 processes speak in framed messages: one type byte, a little-endian uint32 length, the payload.
-See bridge.playback for why this is a process of its own.
+See bridge.audio.playback for why this is a process of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.ringbuffer import RingBuffer
+from bridge.audio.ringbuffer import RingBuffer
 
 HEADER = struct.Struct("<cI")
 # Parent to child.

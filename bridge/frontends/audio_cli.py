@@ -43,7 +43,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def _devices(_args: argparse.Namespace) -> int:
-    from bridge.playback import list_devices  # noqa: PLC0415
+    from bridge.audio.playback import list_devices  # noqa: PLC0415
 
     found = list_devices()
     if not found:
@@ -56,7 +56,7 @@ def _devices(_args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
-    from bridge.playback import Player  # noqa: PLC0415
+    from bridge.audio.playback import Player  # noqa: PLC0415
 
     player = Player(device=args.audio_device)
     player.play_file(args.file)
@@ -66,18 +66,18 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _jam(args: argparse.Namespace) -> int:
-    from bridge.cli import _config_from_args  # noqa: PLC0415
+    from bridge.frontends.cli import _config_from_args  # noqa: PLC0415
     from bridge.engine import Engine  # noqa: PLC0415
-    from bridge.jam import Jam, JamSettings  # noqa: PLC0415
-    from bridge.jam_runner import run_jam  # noqa: PLC0415
-    from bridge.models import load_model  # noqa: PLC0415
+    from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
+    from bridge.app.jam import run_jam  # noqa: PLC0415
+    from bridge.engine.models import load_model  # noqa: PLC0415
 
     config = _config_from_args(args)
     settings = JamSettings(prompt=args.prompt, bpm=args.bpm, bars=args.bars, beats_per_bar=args.beats_per_bar,
                            temperature=args.temperature, guidance=args.guidance, seed=args.seed).check()
     player = None
     if not args.no_play:
-        from bridge.playback import Player  # noqa: PLC0415
+        from bridge.audio.playback import Player  # noqa: PLC0415
 
         # room for the longest pre-roll a slow machine may need, started by the runner
         buffer = (args.for_seconds or 60.0) + 30.0

@@ -24,10 +24,10 @@ import numpy as np
 
 from bridge import __version__, audio, tempo
 from bridge.config import Config
-from bridge.decoding import Sampling
+from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
 from bridge.errors import BadArgs, BadAudio, BridgeError, Internal, ModelError, NotFound
-from bridge.models import load_model
+from bridge.engine.models import load_model
 from bridge.options import Request
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ class Plan:
 
 def load_presets(folder: Path | None) -> Any | None:
     """The preset banks in ``folder``, or in the project's ``presets/`` when none is given and it exists."""
-    from bridge.presets import PresetLibrary  # noqa: PLC0415
+    from bridge.app.presets import PresetLibrary  # noqa: PLC0415
 
     if folder is not None:
         return PresetLibrary.load(folder)
-    shipped = Path(__file__).resolve().parent.parent / "presets"
+    shipped = Path(__file__).resolve().parents[2] / "presets"
     return PresetLibrary.load(shipped) if shipped.is_dir() else None
 
 
@@ -88,9 +88,9 @@ class Bridge:
         self.config = config
         self.presets = presets
         self.output_dir = config.resolved_output_dir()
-        self._jam: Any | None = None  # the running bridge.jam.Jam, owned by the worker
+        self._jam: Any | None = None  # the running bridge.engine.jam.Jam, owned by the worker
         self._jam_stop = threading.Event()
-        self._player: Any | None = None  # bridge.playback.Player, made on the first play
+        self._player: Any | None = None  # bridge.audio.playback.Player, made on the first play
         self._player_lock = threading.Lock()
 
     @classmethod
@@ -269,7 +269,7 @@ class Bridge:
     # -- live: playback and the jam -----------------------------------------------------------
     def player(self) -> Any:
         """The output device player, opened on first use; NoAudioDevice says why there is none."""
-        from bridge.playback import Player, list_devices  # noqa: PLC0415
+        from bridge.audio.playback import Player, list_devices  # noqa: PLC0415
 
         with self._player_lock:
             if self._player is None:
@@ -319,8 +319,8 @@ class Bridge:
     def _run_jam(self, job_id: str, request: Request, is_cancelled: Callable[[], bool],
                  on_chunk: Callable[[Chunk], None] | None,
                  on_warning: Callable[[str], None] | None = None) -> JobResult:
-        from bridge.jam import Jam, JamSettings  # noqa: PLC0415
-        from bridge.jam_runner import run_jam  # noqa: PLC0415
+        from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
+        from bridge.app.jam import run_jam  # noqa: PLC0415
 
         settings = JamSettings(prompt=request.prompt, bpm=request.bpm or 120.0, bars=request.bars or 4,
                                beats_per_bar=request.beats_per_bar, temperature=request.temperature,
@@ -440,7 +440,7 @@ class _ChunkWriter:
 
     def __init__(self, bridge: Bridge, request: Request, plan: Plan, clip: audio.Clip | None, stem: str,
                  on_chunk: Callable[[Chunk], None] | None) -> None:
-        from bridge.streaming import StreamingDecoder  # noqa: PLC0415
+        from bridge.engine.streaming import StreamingDecoder  # noqa: PLC0415
 
         self.bridge = bridge
         self.request = request

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bridge.decoding import Conditioning, Sampling, TokenLoop
+from bridge.engine.decoding import Conditioning, Sampling, TokenLoop
 from bridge.errors import BadArgs
-from bridge.fast_decoder import FastDecoder
-from bridge.models import LoadedModel
+from bridge.engine.fast_decoder import FastDecoder
+from bridge.engine.models import LoadedModel
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BridgeError, Internal
-from bridge.jobs import Job
-from bridge.osc.transport import FrameReader, encode_message, frame
+from bridge.app.jobs import Job
+from bridge.frontends.osc.transport import FrameReader, encode_message, frame
 
 if TYPE_CHECKING:
-    from bridge.api import Chunk, JobResult
+    from bridge.app.bridge import Chunk, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class ReplyRouter:
 
 
 class HostPeers:
-    """The :class:`~bridge.osc.routes.Peers` of one sender's host."""
+    """The :class:`~bridge.frontends.osc.routes.Peers` of one sender's host."""
 
     def __init__(self, router: ReplyRouter, host: str) -> None:
         self.router = router

@@ -1,4 +1,4 @@
-"""Runs a jam: segments from :class:`bridge.jam.Jam` into files, announcements and the speakers.
+"""Runs a jam: segments from :class:`bridge.engine.jam.Jam` into files, announcements and the speakers.
 
 The worker that owns the engine calls :func:`run_jam`; it returns when ``should_stop`` turns true
 (checked between segments and between decoding steps) or after ``for_seconds`` of audio. Where the
@@ -26,7 +26,7 @@ import numpy as np
 
 from bridge import audio
 from bridge.errors import Cancelled
-from bridge.jam import Jam
+from bridge.engine.jam import Jam
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One thread owns every socket (UDP, the TCP listener and its connections) through a selector: no
 thread per datagram, nothing sleeps on bundle time tags, and the control path answers while the
-job worker (``bridge.jobs``) runs the model. TCP listens on the same port number as UDP, detects
+job worker (``bridge.app.jobs``) runs the model. TCP listens on the same port number as UDP, detects
 OSC 1.0 length-prefix or OSC 1.1 SLIP framing from each connection's first byte, caps frames at
 64 KiB, and drops a connection whose frame stalls past the read timeout. Where replies go is
 ``replies.py``; what each address does is ``routes.py``.
@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
-from bridge.jobs import Job, JobQueue, Runner
-from bridge.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
-from bridge.osc.routes import Context, RouteTable
-from bridge.osc.routes import routes as default_routes
-from bridge.osc.transport import (
+from bridge.app.jobs import Job, JobQueue, Runner
+from bridge.frontends.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
+from bridge.frontends.osc.routes import Context, RouteTable
+from bridge.frontends.osc.routes import routes as default_routes
+from bridge.frontends.osc.transport import (
     MAX_PACKET,
     BadPacket,
     FrameError,
@@ -39,10 +39,10 @@ from bridge.osc.transport import (
 
 if TYPE_CHECKING:
     from bridge.config import Config
-    from bridge.osc.routes import Facts
+    from bridge.frontends.osc.routes import Facts
 
     class ServedBridge(Facts, Runner, Protocol):
-        """What the server needs of :class:`bridge.api.Bridge`: facts, requests, and ``run``."""
+        """What the server needs of :class:`bridge.app.bridge.Bridge`: facts, requests, and ``run``."""
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def is_loopback(host: str) -> bool:
 
 def load_routes() -> RouteTable:
     """The route table, with optional route modules (jam) registered on top of the built-in one."""
-    for name in ("bridge.osc.jam_routes",):
+    for name in ("bridge.frontends.osc.jam_routes",):
         try:
             __import__(name)
         except ImportError as exc:

@@ -1,0 +1,208 @@
+"""`musicgen-bridge`: generate | continue | melody | serve | send | bench | devices | jam.
+
+Written paths go to stdout, one per line (the last line is the main result); progress goes to
+stderr; every failure is one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from bridge import __version__
+from bridge.config import PRECISION_HELP
+from bridge.errors import BridgeError
+
+EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
+              "no_audio_device": 8, "cancelled": 130, "internal": 1}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line saying what to do."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, redrawn at most ~10 times a second."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last < 0.1:
+            return
+        self._last = now
+        filled = int(self.width * max(0.0, min(1.0, fraction)))
+        elapsed = now - self.started
+        eta = elapsed / fraction - elapsed if fraction > 0.01 else 0.0
+        bar = "#" * filled + "-" * (self.width - filled)
+        end = "\n" if fraction >= 1.0 else ""
+        self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% {elapsed:5.1f}s eta {eta:5.1f}s{end}")
+        self.stream.flush()
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hugging Face id, local folder, or a built-in (tiny-random, "
+                   "tiny-random-melody, small-arch-random, ...); default facebook/musicgen-small")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--precision", default=None, help=PRECISION_HELP)
+    p.add_argument("--output-dir", default=None, type=Path, help="where results go (default ~/MusicGenBridge/out)")
+    p.add_argument("--config", default=None, type=Path, help="a YAML file of settings")
+
+
+def _add_generation_args(p: argparse.ArgumentParser, seconds_required: bool = False) -> None:
+    p.add_argument("--seconds", type=float, default=None, help="length in seconds" +
+                   (" (or --bpm and --bars)" if not seconds_required else ""))
+    p.add_argument("--bpm", type=float, default=None, help="tempo; with --bars the length is exact to the sample")
+    p.add_argument("--bars", type=int, default=None, help="length in whole bars at --bpm")
+    p.add_argument("--beats-per-bar", type=int, default=None, help="beats in a bar (default 4)")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same audio")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default 3)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default 250, 0 off)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 0 = off)")
+    p.add_argument("--variations", type=int, default=None, help="results from one batched call (default 1)")
+    p.add_argument("--name", default=None, help="file name under the output folder")
+    p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: model rate; "
+                   "for continue, the clip's rate)")
+    p.add_argument("--format", default=None, choices=["wav", "flac"], help="wav (default) or flac")
+    p.add_argument("--normalize", default=None, choices=["off", "peak", "lufs"], help="loudness (default off; "
+                   "never clips)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+_OPTION_ARGS = ("seed", "guidance", "temperature", "top_k", "top_p", "bpm", "bars", "beats_per_bar",
+                "variations", "name", "sample_rate", "format", "normalize", "prompt_seconds", "include_prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="musicgen-bridge", description="A local MusicGen daemon and tools for DAWs.")
+    parser.add_argument("--version", action="version", version=f"musicgen-bridge {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="generate audio from a text prompt")
+    gen.add_argument("prompt", help='the text prompt ("" for unconditional)')
+    _add_generation_args(gen)
+    _add_model_args(gen)
+
+    cont = sub.add_parser("continue", help="continue a clip (the output follows the clip, sample-aligned)")
+    cont.add_argument("clip", help="the audio file to continue")
+    cont.add_argument("prompt", nargs="?", default="", help="an optional text prompt")
+    cont.add_argument("--prompt-seconds", type=float, default=None, help="how much of the clip's end to use as "
+                      "the prompt (default: whole bars near 8 s with --bpm, else 8 s)")
+    cont.add_argument("--include-prompt", action="store_true", help="write the original clip followed by the "
+                      "new audio, crossfaded at the seam")
+    _add_generation_args(cont)
+    _add_model_args(cont)
+
+    mel = sub.add_parser("melody", help="generate in a style while following a clip's melody")
+    mel.add_argument("clip", help="the audio file whose melody to follow")
+    mel.add_argument("prompt", help="the text prompt describing the style")
+    _add_generation_args(mel)
+    _add_model_args(mel)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Commands whose code lives in other modules; each adds its own parser."""
+    for module_name in ("bridge.frontends.osc.cli_glue", "bridge.frontends.bench_cli", "bridge.frontends.audio_cli"):
+        try:
+            module = __import__(module_name, fromlist=["add_parsers"])
+        except ImportError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_parsers(sub)
+
+
+def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    options = {}
+    for key in _OPTION_ARGS:
+        value = getattr(args, key, None)
+        if value is not None and value is not False:
+            options[key] = value
+    return options
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from bridge.config import load_config  # noqa: PLC0415
+
+    return load_config(args.config, overrides={
+        "model": args.model, "device": args.device, "precision": args.precision, "output_dir": args.output_dir,
+    })
+
+
+def _run_one_shot(args: argparse.Namespace) -> int:
+    from bridge.app.bridge import Bridge  # noqa: PLC0415  (imports torch: keep --help fast)
+
+    mode = {"generate": "text", "continue": "continue", "melody": "melody"}[args.command]
+    config = _config_from_args(args)
+    # Check the arguments before spending seconds on loading the model.
+    from bridge.options import Request  # noqa: PLC0415
+
+    Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
+            clip=getattr(args, "clip", None)).with_options(
+        _options_from_args(args)).validate()
+    if getattr(args, "clip", None) and not Path(args.clip).expanduser().exists():
+        from bridge.errors import NotFound  # noqa: PLC0415
+
+        raise NotFound(f"clip {args.clip} does not exist: check the path")
+    if not args.quiet:
+        sys.stderr.write(f"loading {config.model} ...\n")
+    bridge = Bridge.from_config(config)
+    request = bridge.make_request(mode, args.prompt, args.seconds, getattr(args, "clip", None),
+                                  _options_from_args(args))
+    progress: Callable[[float], None] = (lambda _f: None) if args.quiet else ProgressBar(mode)
+    result = bridge.run("", request, progress, lambda: False)
+    for path in result.paths:
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    try:
+        if args.command in ("generate", "continue", "melody"):
+            return _run_one_shot(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except BridgeError as exc:
+        sys.stderr.write(f"musicgen-bridge: {exc.code}: {exc.message}\n")
+        return EXIT_CODES.get(exc.code, 1)
+    except KeyboardInterrupt:
+        sys.stderr.write("musicgen-bridge: interrupted\n")
+        return 130
+
+
+def _quiet_libraries() -> None:
+    try:
+        from transformers.utils import logging as hf_logging  # noqa: PLC0415
+    except ImportError:
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
