@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from bridge.engine.decoding import Sampling
 from bridge.engine import Engine
+from bridge.engine.decoding import Sampling
 from bridge.engine.fast_decoder import FastDecoder
 from bridge.engine.models import load_model
 

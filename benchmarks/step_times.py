@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bridge.engine.decoding import Sampling
 from bridge.engine import Engine
+from bridge.engine.decoding import Sampling
 from bridge.engine.fast_decoder import FastDecoder
 from bridge.engine.models import load_model
 

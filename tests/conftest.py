@@ -78,12 +78,12 @@ from bridge.audio import read_clip as _read_clip  # noqa: E402
 from bridge.errors import Cancelled as _Cancelled  # noqa: E402
 from bridge.errors import ModelError as _ModelError  # noqa: E402
 from bridge.errors import NotFound as _NotFound  # noqa: E402
-from bridge.options import Request as _Request  # noqa: E402
 from bridge.frontends.osc.transport import FrameReader as _FrameReader  # noqa: E402
 from bridge.frontends.osc.transport import Message as _Message  # noqa: E402
 from bridge.frontends.osc.transport import decode_packet as _decode_packet  # noqa: E402
 from bridge.frontends.osc.transport import encode_message as _encode_message  # noqa: E402
 from bridge.frontends.osc.transport import frame as _frame  # noqa: E402
+from bridge.options import Request as _Request  # noqa: E402
 
 
 class FakeBridge:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
+from bridge.engine.decoding import Sampling
 from bridge.errors import Cancelled
 
 GREEDY = Sampling(greedy=True, guidance=3.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bridge import tempo
-from bridge.errors import BadArgs
 from bridge.engine.jam import Jam, JamSettings
+from bridge.errors import BadArgs
 
 
 def test_segments_are_whole_bars_and_continuous(tiny_engine):

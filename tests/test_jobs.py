@@ -9,8 +9,8 @@ import time
 import pytest
 import soundfile as sf
 
-from bridge.errors import BadArgs, Busy, NotFound
 from bridge.app.jobs import JobQueue
+from bridge.errors import BadArgs, Busy, NotFound
 from bridge.options import Request
 
 

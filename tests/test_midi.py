@@ -13,10 +13,10 @@ from pathlib import Path
 import mido
 import pytest
 
+from bridge.app.presets import PresetLibrary
 from bridge.errors import BadArgs
 from bridge.frontends.midi import FirePreset, MidiActions, MidiMapper, SetParam, SetTempo, SwitchBank, Transport
 from bridge.options import Request
-from bridge.app.presets import PresetLibrary
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 JACK_MIDI = "mido.backends.rtmidi/UNIX_JACK"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
-from bridge.errors import ModelError
+from bridge.engine.decoding import Sampling
 from bridge.engine.models import build_random, load_model, pick_device, pick_dtype
+from bridge.errors import ModelError
 
 
 def _save_tiny_checkpoint(folder):

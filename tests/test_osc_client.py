@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from bridge import __version__
+from bridge.errors import BadArgs
 from bridge.frontends.cli import main
 from bridge.frontends.client import TIMEOUT_EXIT, parse_arg, send
-from bridge.errors import BadArgs
 
 
 @pytest.mark.parametrize(("word", "value"), [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import BadArgs, NotFound
 from bridge.app.jobs import JobQueue
+from bridge.errors import BadArgs, NotFound
 from bridge.frontends.osc.routes import ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
 
 

@@ -15,9 +15,9 @@ from conftest import OscClient, TcpOscClient
 
 from bridge import __version__
 from bridge.errors import BadArgs
-from bridge.options import Request
 from bridge.frontends.osc.server import OscServer
 from bridge.frontends.osc.transport import encode_bundle, encode_message, length_encode, slip_encode
+from bridge.options import Request
 
 
 def test_ping_and_status(osc_server):

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 
 from bridge.audio import match_channels, resample, resampled_length
-from bridge.errors import NoAudioDevice
 from bridge.audio.playback import Player, list_devices, parse_device
+from bridge.errors import NoAudioDevice
 
 if TYPE_CHECKING:
     from jack_fixture import JackServer

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import BadArgs, NotFound
 from bridge.app.presets import PresetLibrary
+from bridge.errors import BadArgs, NotFound
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"
 

@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from bridge.engine.decoding import Sampling, TokenLoop
 from bridge.engine import Engine, GenerationSpec
-from bridge.errors import ModelError
+from bridge.engine.decoding import Sampling, TokenLoop
 from bridge.engine.fast_decoder import FastDecoder, PackedLinear
 from bridge.engine.models import load_model, pick_dtype, pick_precision
+from bridge.errors import ModelError
 
 GREEDY = Sampling(greedy=True, guidance=3.0)
 

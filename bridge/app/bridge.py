@@ -24,10 +24,10 @@ import numpy as np
 
 from bridge import __version__, audio, tempo
 from bridge.config import Config
-from bridge.engine.decoding import Sampling
 from bridge.engine import Engine, GenerationSpec
-from bridge.errors import BadArgs, BadAudio, BridgeError, Internal, ModelError, NotFound
+from bridge.engine.decoding import Sampling
 from bridge.engine.models import load_model
+from bridge.errors import BadArgs, BadAudio, BridgeError, Internal, ModelError, NotFound
 from bridge.options import Request
 
 log = logging.getLogger(__name__)
@@ -319,8 +319,8 @@ class Bridge:
     def _run_jam(self, job_id: str, request: Request, is_cancelled: Callable[[], bool],
                  on_chunk: Callable[[Chunk], None] | None,
                  on_warning: Callable[[str], None] | None = None) -> JobResult:
-        from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
         from bridge.app.jam import run_jam  # noqa: PLC0415
+        from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
 
         settings = JamSettings(prompt=request.prompt, bpm=request.bpm or 120.0, bars=request.bars or 4,
                                beats_per_bar=request.beats_per_bar, temperature=request.temperature,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from bridge import audio
-from bridge.errors import Cancelled
 from bridge.engine.jam import Jam
+from bridge.errors import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from bridge.errors import BadArgs, BadAudio, NoAudioDevice
 from bridge.audio.playback_child import (
     AUDIO,
     C_CALLBACKS,
@@ -65,6 +64,7 @@ from bridge.audio.playback_child import (
     receive,
     send,
 )
+from bridge.errors import BadArgs, BadAudio, NoAudioDevice
 
 __all__ = ["OutputDevice", "PlaybackStats", "Player", "list_devices", "parse_device"]
 

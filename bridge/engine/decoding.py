@@ -24,8 +24,8 @@ from typing import Protocol
 
 import torch
 
-from bridge.errors import Cancelled
 from bridge.engine.fast_decoder import DecoderState, FastDecoder, GraphedStep
+from bridge.errors import Cancelled
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from bridge.engine.decoding import Conditioning, Sampling, TokenLoop
-from bridge.errors import BadArgs
 from bridge.engine.fast_decoder import FastDecoder
 from bridge.engine.models import LoadedModel
+from bridge.errors import BadArgs
 
 ProgressFn = Callable[[float], None]
 CancelFn = Callable[[], bool]

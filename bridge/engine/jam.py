@@ -22,9 +22,9 @@ import torch
 from bridge import tempo
 from bridge.engine.decoding import Sampling
 from bridge.engine.engine import Engine, GenerationSpec
+from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 from bridge.errors import BadArgs
 from bridge.options import closest, convert_option
-from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 
 MAX_SEGMENT_SECONDS = 20.0
 

@@ -66,11 +66,11 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _jam(args: argparse.Namespace) -> int:
-    from bridge.frontends.cli import _config_from_args  # noqa: PLC0415
+    from bridge.app.jam import run_jam  # noqa: PLC0415
     from bridge.engine import Engine  # noqa: PLC0415
     from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
-    from bridge.app.jam import run_jam  # noqa: PLC0415
     from bridge.engine.models import load_model  # noqa: PLC0415
+    from bridge.frontends.cli import _config_from_args  # noqa: PLC0415
 
     config = _config_from_args(args)
     settings = JamSettings(prompt=args.prompt, bpm=args.bpm, bars=args.bars, beats_per_bar=args.beats_per_bar,

@@ -183,8 +183,8 @@ class Bench:
     def run_bridge(self, frames: int) -> RunTiming:
         """The engine at its defaults, then the codec; the first 0.5 s chunk is decoded as soon as its frames
         (and the codec's lookahead) are complete, as streaming does."""
-        from bridge.engine.decoding import Sampling  # noqa: PLC0415
         from bridge.engine import GenerationSpec  # noqa: PLC0415
+        from bridge.engine.decoding import Sampling  # noqa: PLC0415
         from bridge.engine.streaming import DEFAULT_LOOKAHEAD, StreamingDecoder  # noqa: PLC0415
 
         engine = self.engine

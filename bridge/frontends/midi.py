@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.app.presets import PresetBank, PresetLibrary
+from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.tempo import MAX_BPM, MIN_BPM
 
 __all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "SetParam", "SetTempo", "SwitchBank",

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import BridgeError, Internal
 from bridge.app.jobs import Job
+from bridge.errors import BridgeError, Internal
 from bridge.frontends.osc.transport import FrameReader, encode_message, frame
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge import __version__
-from bridge.errors import BadArgs, NotFound
 from bridge.app.jobs import ALL, Job, JobQueue
+from bridge.errors import BadArgs, NotFound
 from bridge.options import closest, parse_options
 
 # -- argument converters ------------------------------------------------------------------------

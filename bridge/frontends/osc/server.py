@@ -22,8 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
 from bridge.app.jobs import Job, JobQueue, Runner
+from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
 from bridge.frontends.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
 from bridge.frontends.osc.routes import Context, RouteTable
 from bridge.frontends.osc.routes import routes as default_routes
