@@ -12,7 +12,8 @@ BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail`
   Internal       internal        a bug: the message says where to report it
 
 Every message tells the user what to do next. Front ends turn these into replies in one place
-(the OSC server, the CLI's main); nothing else catches them.
+(the OSC server, the CLI's main); nothing else catches them. The command line exits with
+:func:`exit_code` of the error's code (``musicgen-bridge send --wait`` too, for a ``/musicgen/fail``).
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ ALL_CODES = tuple(
     cls.code
     for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, Internal)
 )
+
+EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
+              "no_audio_device": 8, "cancelled": 130, "internal": 1}
+"""Wire code -> the command line's exit status (the README lists them)."""
+
+
+def exit_code(code: str) -> int:
+    """The exit status for a wire code; 1 for one this version does not know."""
+    return EXIT_CODES.get(code, 1)

@@ -72,8 +72,8 @@ import threading as _threading  # noqa: E402
 import time as _time  # noqa: E402
 
 from bridge import tempo as _tempo  # noqa: E402
-from bridge.app.bridge import Chunk as _Chunk  # noqa: E402
-from bridge.app.bridge import JobResult as _JobResult  # noqa: E402
+from bridge.app.results import Chunk as _Chunk  # noqa: E402
+from bridge.app.results import JobResult as _JobResult  # noqa: E402
 from bridge.audio import read_clip as _read_clip  # noqa: E402
 from bridge.errors import Cancelled as _Cancelled  # noqa: E402
 from bridge.errors import ModelError as _ModelError  # noqa: E402
@@ -290,6 +290,7 @@ def osc_server(fake_bridge, tmp_path):
     ``osc_server(bridge=None, token=None, queue_size=16, **server_kwargs) -> (server, client)``;
     every server started is stopped at the end of the test.
     """
+    from bridge.app.root import App
     from bridge.frontends.osc.server import OscServer
 
     started: list = []
@@ -298,7 +299,8 @@ def osc_server(fake_bridge, tmp_path):
         client = OscClient()
         config = Config(model="fake-model", host=host, port=0, reply_port=client.port, output_dir=tmp_path / "out",
                         token=token, queue_size=queue_size)
-        server = OscServer(bridge if bridge is not None else fake_bridge, config, **server_kwargs)
+        app = App.around(config, bridge if bridge is not None else fake_bridge)
+        server = OscServer(app, config, **server_kwargs)
         server.start()
         client.server_port = server.port
         started.append((server, client))

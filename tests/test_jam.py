@@ -78,9 +78,10 @@ def test_run_jam_writes_segments_and_the_take(tiny_engine, tmp_path):
     jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
     announced = []
     take = run_jam(jam, tmp_path / "jam", should_stop=lambda: False, for_seconds=5.0,
-                   on_segment=lambda i, p, s: announced.append((i, p.name, s)))
+                   on_segment=lambda i, p, s, n: announced.append((i, p.name, s, n)))
     assert [a[0] for a in announced] == [0, 1, 2]  # 3 bars of 2 s reach 5 s
     assert [a[2] for a in announced] == [0.0, 2.0, 4.0]
+    assert [a[3] for a in announced] == [2.0, 2.0, 2.0]  # each segment is one bar of 2 s
     data, rate = sf.read(take.path, always_2d=True)
     assert rate == 32000 and data.shape[0] == 3 * 64000
     joined = np.concatenate([sf.read(p, always_2d=True)[0] for p in take.segments], axis=0)

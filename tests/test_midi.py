@@ -9,11 +9,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import mido
 import pytest
 
+from bridge.app.jobs import JobKind, JobQueue
 from bridge.app.presets import PresetLibrary
+from bridge.app.results import JobResult
 from bridge.errors import BadArgs
 from bridge.frontends.midi import FirePreset, MidiActions, MidiMapper, SetParam, SetTempo, SwitchBank, Transport
 from bridge.options import Request
@@ -129,14 +132,10 @@ def test_start_and_stop_are_transport(mapper):
 
 
 class FakeBridge:
-    def __init__(self, library, jamming=False):
-        self.library = library
-        self.jamming = jamming
-        self.jam_changes = []
-        self.stopped = 0
+    """The facade's request side, on the real preset library; jobs "run" at once."""
 
-    def info(self):
-        return {"jamming": self.jamming}
+    def __init__(self, library):
+        self.library = library
 
     def preset_request(self, bank, preset, options):
         return self.library.request(bank, preset, options)
@@ -144,41 +143,80 @@ class FakeBridge:
     def make_request(self, mode, prompt, seconds, clip, options):
         return Request(mode=mode, prompt=prompt, seconds=seconds, clip=clip).with_options(options).validate()
 
-    def jam_set(self, changes):
-        self.jam_changes.append(changes)
+    def run(self, job_id, request, progress, is_cancelled, on_chunk=None, on_warning=None):
+        return JobResult(paths=[Path(f"/tmp/{job_id}.wav")], seconds=1.0, sample_rate=8000)
 
-    def jam_stop(self):
+
+class FakeJam:
+    def __init__(self, running):
+        self.running = running
+        self.changes = []
+        self.stopped = 0
+
+    def set(self, changes):
+        self.changes.append(changes)
+        return dict(changes)
+
+    def stop(self):
         self.stopped += 1
 
 
-def test_actions_queue_preset_jobs_and_start_the_jam(mapper):
-    submitted = []
+class Queued:
+    """A job listener that keeps what the queue accepted."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def queued(self, job, position):
+        self.jobs.append(job)
+
+    def __getattr__(self, name):
+        return lambda *args: None
+
+
+@pytest.fixture
+def fake_app(mapper):
+    """An App of the real job queue, a fake facade over the real banks, and a fake jam controller."""
+    queued = Queued()
     bridge = FakeBridge(mapper.library)
-    actions = MidiActions(bridge, lambda request, job_id, address: submitted.append((request, address)), mapper)
+
+    def make(jamming=False):
+        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, queued), queued=queued)
+
+    apps = []
+    yield lambda jamming=False: apps.append(make(jamming)) or apps[-1]
+    for app in apps:
+        app.jobs.close(5)
+
+
+def test_actions_queue_preset_jobs_and_start_the_jam(mapper, fake_app):
+    app = fake_app()
+    actions = MidiActions(app, mapper)
     for action in mapper.handle(_cc(3, 127)) + mapper.handle(_note(37)):
         actions.apply(action)
-    [(request, address)] = submitted
-    assert address == "/musicgen/preset" and (request.bars, request.bpm) == (16, 82.0)
-    assert request.prompt.startswith("soft boom bap drums")
+    [job] = app.queued.jobs  # straight into the one job queue, no OSC server in between
+    assert job.kind is JobKind.PRESET and job.origin is None and (job.request.bars, job.request.bpm) == (16, 82.0)
+    assert job.request.prompt.startswith("soft boom bap drums")
     for action in mapper.handle(mido.Message("start")):
         actions.apply(action)
-    jam, address = submitted[-1]
-    assert address == "/musicgen/jam/start" and jam.mode == "jam" and jam.play
-    assert (jam.prompt, jam.bars, jam.seed) == (mapper.library.get("lofi", "keys").prompt, 16, 11)
-    assert bridge.jam_changes == []  # nothing is jamming yet: knobs only shape the next preset
+    jam = app.queued.jobs[-1]
+    assert jam.kind is JobKind.JAM and jam.request.mode == "jam" and jam.request.play
+    assert (jam.request.prompt, jam.request.bars, jam.request.seed) == (mapper.library.get("lofi", "keys").prompt, 16, 11)
+    assert app.jam.changes == []  # nothing is jamming yet: knobs only shape the next preset
 
 
-def test_actions_steer_a_running_jam(mapper):
-    bridge = FakeBridge(mapper.library, jamming=True)
-    actions = MidiActions(bridge, lambda *a: pytest.fail("a running jam is steered, not restarted"), mapper)
+def test_actions_steer_a_running_jam(mapper, fake_app):
+    app = fake_app(jamming=True)
+    actions = MidiActions(app, mapper)
     for message in (_cc(1, 0), mido.Message("start"), mido.Message("stop")):
         for action in mapper.handle(message):
             actions.apply(action)
-    assert bridge.jam_changes == [{"temperature": 0.6}] and bridge.stopped == 1
+    assert app.jam.changes == [{"temperature": 0.6}] and app.jam.stopped == 1
+    assert app.queued.jobs == []  # a running jam is steered, not restarted
 
 
-def test_a_failing_action_is_logged_not_raised(mapper, caplog):
-    actions = MidiActions(FakeBridge(mapper.library), lambda *a: None, mapper)
+def test_a_failing_action_is_logged_not_raised(mapper, fake_app, caplog):
+    actions = MidiActions(fake_app(), mapper)
     actions.apply(FirePreset("lofi", "nope", {}))
     assert "not_found: bank 'lofi' has no preset 'nope'" in caplog.text
 

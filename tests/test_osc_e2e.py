@@ -126,7 +126,8 @@ def test_play_without_an_audio_device_says_so(osc_server, tiny_bridge, monkeypat
 
 
 def test_preset_over_osc_uses_the_bank(osc_server, tiny_engine, tmp_path):
-    from bridge.app.bridge import Bridge, load_presets
+    from bridge.app.bridge import Bridge
+    from bridge.app.root import load_presets
     from bridge.config import Config
 
     bridge = Bridge(tiny_engine, Config(model="tiny-random", output_dir=tmp_path / "out"), load_presets(None))

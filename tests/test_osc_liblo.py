@@ -79,12 +79,13 @@ def oscsend(*args: str) -> None:
 
 
 def test_oscsend_generate_over_udp_and_oscdump_reads_the_replies(fake_bridge, oscdump):
+    from bridge.app.root import App
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
     reply_port = free_udp_port()
-    server = OscServer(fake_bridge, Config(host="127.0.0.1", port=0, reply_port=reply_port,
-                                           output_dir=fake_bridge.output_dir))
+    config = Config(host="127.0.0.1", port=0, reply_port=reply_port, output_dir=fake_bridge.output_dir)
+    server = OscServer(App.around(config, fake_bridge), config)
     server.start()
     try:
         dump = oscdump(reply_port)
@@ -106,13 +107,14 @@ def test_oscsend_generate_over_udp_and_oscdump_reads_the_replies(fake_bridge, os
 
 
 def test_oscsend_over_tcp_uses_length_prefix_framing(fake_bridge, oscdump):
+    from bridge.app.root import App
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
     reply_port = free_udp_port()
     fake_bridge.step_seconds = 0.02  # oscsend hangs up long before the job ends: done falls back to UDP
-    server = OscServer(fake_bridge, Config(host="127.0.0.1", port=0, reply_port=reply_port,
-                                           output_dir=fake_bridge.output_dir))
+    config = Config(host="127.0.0.1", port=0, reply_port=reply_port, output_dir=fake_bridge.output_dir)
+    server = OscServer(App.around(config, fake_bridge), config)
     server.start()
     try:
         dump = oscdump(reply_port)

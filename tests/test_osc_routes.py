@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.app.jobs import JobQueue
+from bridge.app.jobs import JobKind
+from bridge.app.root import App
+from bridge.config import Config
 from bridge.errors import BadArgs, NotFound
-from bridge.frontends.osc.routes import ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
+from bridge.frontends.osc.routes import ADDRESS_OF, ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
 
 
 class Peers:
@@ -23,13 +25,14 @@ class Peers:
 @pytest.fixture
 def call(fake_bridge):
     """call(address, *args) -> the replies the route sent, as (address, [args])."""
-    jobs = JobQueue(fake_bridge, 4)
+    app = App.around(Config(queue_size=4, output_dir=fake_bridge.output_dir), fake_bridge)
+    jobs = app.jobs
     peers = Peers()
     sent: list[tuple[str, list]] = []
 
     def _call(address, *args):
         sent.clear()
-        ctx = Context(address=address, bridge=fake_bridge, jobs=jobs, routes=routes,
+        ctx = Context(address=address, app=app, routes=routes,
                       reply=lambda a, v: sent.append((a, list(v))), peers=peers)
         route = routes.get(address)
         assert route is not None, address
@@ -59,7 +62,7 @@ def test_notify_refuses_bad_ports(call, port):
 def test_generate_submits_a_validated_job(call):
     call("/musicgen/generate", "j1", "keys", "2.5", "seed", 4, "temperature", 0.9)
     job = call.jobs.find("j1")
-    assert job is not None and job.address == "/musicgen/generate"
+    assert job is not None and job.kind is JobKind.GENERATE and ADDRESS_OF[job.kind] == "/musicgen/generate"
     assert job.request.seconds == 2.5 and job.request.seed == 4 and job.request.temperature == 0.9
 
 

@@ -14,6 +14,9 @@ import soundfile as sf
 from conftest import OscClient, TcpOscClient
 
 from bridge import __version__
+from bridge.app.jobs import JobKind
+from bridge.app.root import App
+from bridge.config import Config
 from bridge.errors import BadArgs
 from bridge.frontends.osc.server import OscServer
 from bridge.frontends.osc.transport import encode_bundle, encode_message, length_encode, slip_encode
@@ -247,10 +250,10 @@ def test_token_is_checked_before_anything_else(osc_server):
 
 
 def test_a_non_loopback_bind_needs_a_token(fake_bridge, tmp_path):
-    from bridge.config import Config
 
     with pytest.raises(BadArgs, match="token"):
-        OscServer(fake_bridge, Config(host="0.0.0.0", port=0, output_dir=tmp_path))
+        config = Config(host="0.0.0.0", port=0, output_dir=tmp_path)
+        OscServer(App.around(config, fake_bridge), config)
 
 
 # -- malformed input ----------------------------------------------------------------------------------
@@ -314,7 +317,7 @@ def test_jobs_from_elsewhere_go_to_every_listener(osc_server):
     other = OscClient(server.port)
     try:
         other.register()
-        server.submit(Request(prompt="from midi", seconds=0.5), "midi1", "/musicgen/preset")
+        server.jobs.submit(Request(prompt="from midi", seconds=0.5), "midi1", JobKind.PRESET)
         for peer in (client, other):
             assert peer.expect("/musicgen/done").args[:2] == ("/musicgen/preset", "midi1")
     finally:

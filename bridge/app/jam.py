@@ -1,6 +1,11 @@
-"""Runs a jam: segments from :class:`bridge.engine.jam.Jam` into files, announcements and the speakers.
+"""The jam controller: one jam at a time, started by a job, changed and stopped from any front end.
 
-The worker that owns the engine calls :func:`run_jam`; it returns when ``should_stop`` turns true
+:class:`JamController` is what the front ends talk to (``set``, ``stop``, ``running``); it is locked,
+and the worker that owns the engine runs the jam through it (:meth:`JamController.run`), holding the
+output device for the jam's whole life (``bridge.app.output``). :func:`run_jam` turns segments from
+:class:`bridge.engine.jam.Jam` into files, announcements and the speakers.
+
+The worker calls :func:`run_jam`; it returns when ``should_stop`` turns true
 (checked between segments and between decoding steps) or after ``for_seconds`` of audio. Where the
 machine generates slower than real time it says so and pre-rolls enough audio before playback
 starts to play the asked length without a gap.
@@ -13,11 +18,13 @@ segment's time, plus what is left of the playing one, to be generated. A hiccup 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import secrets
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,13 @@ from typing import Any
 import numpy as np
 
 from bridge import audio
-from bridge.engine.jam import Jam
-from bridge.errors import Cancelled
+from bridge.app.output import OutputDevice
+from bridge.app.results import Chunk, JamTake, JobResult
+from bridge.app.store import ResultStore
+from bridge.engine import Engine
+from bridge.engine.jam import Jam, JamSettings
+from bridge.errors import BadArgs, Busy, Cancelled, Internal, NotFound
+from bridge.options import Request
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +91,6 @@ class StreamResampler:
         return out[:, : math.ceil(n * self.up / self.down)]
 
 
-@dataclass
-class JamTake:
-    """What a jam left behind."""
-
-    path: Path
-    segments: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
-    underruns: int = 0
-    realtime_factor: float = 0.0  # seconds of audio per second of generation
-    record_path: Path | None = None
-    segment_seconds: list[float] = field(default_factory=list)  # audio length of each segment
-    generation_seconds: list[float] = field(default_factory=list)  # wall time each segment took
-    first_audio_seconds: float | None = None  # from the call to the first segment being ready
-    preroll_seconds: float = 0.0  # audio queued when playback started
-
-    def slowest_ratio(self) -> float:
-        """The largest generation time over segment length seen (above 1: slower than real time)."""
-        return max((g / a for g, a in zip(self.generation_seconds, self.segment_seconds, strict=True) if a > 0),
-                   default=0.0)
-
-
 def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> float:
     """Seconds of audio to queue before playback so ``total_seconds`` play gaplessly.
 
@@ -115,7 +106,7 @@ def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> f
 
 
 def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any | None = None,
-            on_segment: Callable[[int, Path, float], None] | None = None, for_seconds: float | None = None,
+            on_segment: Callable[[int, Path, float, float], None] | None = None, for_seconds: float | None = None,
             record: Path | None = None, warn: Callable[[str], None] | None = None) -> JamTake:
     """Generate segments until stopped (or ``for_seconds``), playing them through ``player`` if given."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +139,7 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
             take.segment_seconds.append(seconds)
             take.generation_seconds.append(segment.generation_seconds)
             if on_segment is not None:
-                on_segment(segment.index, path, segment.start_sample / rate)
+                on_segment(segment.index, path, segment.start_sample / rate, seconds)
             speed = 1.0 / max(take.slowest_ratio(), 1e-9)
             preroll = preroll_for(speed, seconds, total)
             if speed < 1.0 and player is not None and not warned and not started_playing:
@@ -186,3 +177,113 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
     return take
+
+
+class JamController:
+    """The running jam, if any: started by the worker, changed and stopped from any thread."""
+
+    def __init__(self, engine: Engine | None, output: OutputDevice, store: ResultStore,
+                 presets: Any | None = None) -> None:
+        self.engine = engine
+        self.output = output
+        self.store = store
+        self.presets = presets
+        self._lock = threading.Lock()
+        self._jam: Jam | None = None
+        self._job_id: str | None = None
+        self._stop = threading.Event()
+        self._stopped_by = ""
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._jam is not None
+
+    @property
+    def job_id(self) -> str | None:
+        with self._lock:
+            return self._job_id
+
+    def set(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change the running jam from its next segment on; a ``preset`` key brings a preset's prompt."""
+        changes = dict(changes)
+        if "preset" in changes:
+            bank, _, name = str(changes.pop("preset")).partition("/")
+            if self.presets is None or not name:
+                raise BadArgs("preset wants bank/name, and the bridge needs --presets DIR")
+            preset_request: Request = self.presets.request(bank, name, {})
+            changes = {"prompt": preset_request.prompt, "temperature": preset_request.temperature,
+                       "guidance": preset_request.guidance, "top_k": preset_request.top_k} | changes
+        with self._lock:
+            jam = self._jam
+            if jam is None:
+                raise NotFound("no jam is running: start one with /musicgen/jam/start")
+            return dataclasses.asdict(jam.set(changes))
+
+    def stop(self) -> None:
+        """Stop the jam at the end of the segment being made; NotFound when none runs."""
+        if not self._request_stop("jam stop"):
+            raise NotFound("no jam is running: nothing to stop")
+
+    def _stop_from_output(self) -> None:
+        self._request_stop("output stop")
+
+    def _request_stop(self, why: str) -> bool:
+        with self._lock:
+            if self._jam is None:
+                return False
+            if not self._stop.is_set():
+                self._stopped_by = why
+                self._stop.set()
+            return True
+
+    def run(self, job_id: str, request: Request, is_cancelled: Callable[[], bool],
+            on_chunk: Callable[[Chunk], None] | None = None,
+            on_warning: Callable[[str], None] | None = None) -> JobResult:
+        """Run a jam job until it is stopped, cancelled or has played ``request.seconds``. Blocks (the worker)."""
+        engine = self.engine
+        if engine is None:
+            raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
+        settings = JamSettings(prompt=request.prompt, bpm=request.bpm or 120.0, bars=request.bars or 4,
+                               beats_per_bar=request.beats_per_bar, temperature=request.temperature,
+                               guidance=request.guidance, top_k=request.top_k, top_p=request.top_p,
+                               seed=request.seed if request.seed is not None else secrets.randbits(31)).check()
+        with self._lock:
+            if self._jam is not None:
+                raise Busy(f"a jam is already running (job {self._job_id}): stop it first")
+            self._jam = Jam(engine, settings)
+            self._job_id = job_id
+            self._stop.clear()
+            self._stopped_by = ""
+            jam = self._jam
+        folder = self.store.jam_folder(self.store.stem(job_id, request))
+        record = request.extra.get("record")
+        rate = engine.sample_rate
+
+        def should_stop() -> bool:
+            return self._stop.is_set() or is_cancelled()
+
+        def warn(message: str) -> None:
+            log.warning("jam %s: %s", job_id, message)
+            if on_warning is not None:
+                on_warning(message)
+
+        def announce(index: int, path: Path, start: float, seconds: float) -> None:
+            if on_chunk is not None:
+                on_chunk(Chunk(index=index, path=path, start_seconds=start, seconds=seconds))
+
+        try:
+            if request.play:
+                with self.output.for_jam(on_stop=self._stop_from_output) as player:
+                    take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
+                                   for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
+            else:
+                take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds, warn=warn)
+        finally:
+            with self._lock:
+                self._jam = None
+                self._job_id = None
+        if is_cancelled():
+            raise Cancelled("the jam was cancelled")
+        take.stopped_by = self._stopped_by
+        return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)

@@ -14,6 +14,7 @@ must not call back into the queue from ``queued``.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import secrets
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
 
 if TYPE_CHECKING:
-    from bridge.app.bridge import Chunk, JobResult
+    from bridge.app.results import Chunk, JobResult
     from bridge.options import Request
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,16 @@ ALL = "*"
 """The job id that means every job, for :meth:`JobQueue.cancel`."""
 
 MAX_ID_LENGTH = 128
+
+
+class JobKind(enum.Enum):
+    """How a job was asked for; front ends map it to their own words (OSC: the request's address)."""
+
+    GENERATE = "generate"
+    CONTINUE = "continue"
+    MELODY = "melody"
+    PRESET = "preset"
+    JAM = "jam"
 
 
 class Runner(Protocol):
@@ -91,8 +102,7 @@ class Job:
 
     id: str
     request: Request
-    address: str = "/musicgen/generate"
-    """The request address the job came in on; ``done`` and ``fail`` name it."""
+    kind: JobKind = JobKind.GENERATE
     origin: Any = None
     """Where replies go, as the front end that submitted it understands it; None: everyone."""
     state: str = "queued"  # queued | running | done | failed | cancelled
@@ -163,7 +173,7 @@ class JobQueue:
                 self._finish(running, error=Cancelled(f"job {running.id} was cancelled: {reason}"))
 
     # -- requests ---------------------------------------------------------------------------
-    def submit(self, request: Request, job_id: str = "", address: str = "/musicgen/generate",
+    def submit(self, request: Request, job_id: str = "", kind: JobKind = JobKind.GENERATE,
                origin: Any = None) -> Job:
         """Queue a job and report it ``queued``; raise Busy when the queue is full.
 
@@ -186,7 +196,7 @@ class JobQueue:
             if len(self._waiting) >= self.maxsize:
                 raise Busy(f"the queue is full ({self.maxsize} jobs waiting): wait for a /musicgen/done, cancel "
                            "jobs, or start the bridge with a larger --queue")
-            job = Job(id=job_id, request=request, address=address, origin=origin)
+            job = Job(id=job_id, request=request, kind=kind, origin=origin)
             position = len(self._waiting) + (1 if self._running is not None else 0)
             self._waiting.append(job)
             # reported under the lock, so "queued" always goes out before the worker's first "progress"
@@ -239,6 +249,17 @@ class JobQueue:
         """The journal: recently finished jobs, oldest first."""
         with self._lock:
             return list(self._journal)
+
+    def wait(self, job: Job, timeout: float | None = None) -> bool:
+        """Wait until ``job`` has ended (done, failed or cancelled); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while job.active:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wake.wait(0.05 if left is None else min(left, 0.05))
+            return True
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or running; False on timeout."""
@@ -322,6 +343,7 @@ class JobQueue:
             else:
                 job.state = "cancelled" if isinstance(error, Cancelled) else "failed"
             self._journal.append(job)
+            self._wake.notify_all()
         if error is None and result is not None:
             self._emit("done", job, result)
         else:

@@ -66,6 +66,10 @@ class Engine:
     def channels(self) -> int:
         return self.loaded.channels
 
+    @property
+    def frame_rate(self) -> float:
+        return float(self.loaded.frame_rate)
+
     def frames_for_samples(self, samples: int) -> int:
         """Frames whose decoded audio covers at least ``samples`` samples."""
         return max(1, math.ceil(samples / self.hop))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,44 +65,76 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _jam(args: argparse.Namespace) -> int:
-    from bridge.app.jam import run_jam  # noqa: PLC0415
-    from bridge.engine import Engine  # noqa: PLC0415
-    from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
-    from bridge.engine.models import load_model  # noqa: PLC0415
-    from bridge.frontends.cli import _config_from_args  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    from bridge.app.jobs import JobKind  # noqa: PLC0415
+    from bridge.app.output import OutputDevice  # noqa: PLC0415
+    from bridge.app.root import App  # noqa: PLC0415
+    from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
-    settings = JamSettings(prompt=args.prompt, bpm=args.bpm, bars=args.bars, beats_per_bar=args.beats_per_bar,
-                           temperature=args.temperature, guidance=args.guidance, seed=args.seed).check()
-    player = None
-    if not args.no_play:
-        from bridge.audio.playback import Player  # noqa: PLC0415
-
-        # room for the longest pre-roll a slow machine may need, started by the runner
-        buffer = (args.for_seconds or 60.0) + 30.0
-        player = Player(device=args.audio_device, buffer_seconds=buffer, start_seconds=buffer)
+    options = {"bpm": args.bpm, "bars": args.bars, "beats_per_bar": args.beats_per_bar, "seed": args.seed,
+               "temperature": args.temperature, "guidance": args.guidance, "play": not args.no_play}
+    # room for the longest pre-roll a slow machine may need, started by the jam
+    output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
     sys.stderr.write(f"loading {config.model} ...\n")
-    engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-    folder = config.resolved_output_dir() / "jam"
-    folder = folder / _next_take_name(folder)
+    app = App.build(config, listener=_JamPrinter(), output=output)
     try:
-        take = run_jam(Jam(engine, settings), folder, stop.is_set, player=player, for_seconds=args.for_seconds,
-                       record=args.record, warn=_say, on_segment=_announce)
+        request = app.bridge.make_request("jam", args.prompt, None, None, options)
+        request = dataclasses.replace(request, seconds=args.for_seconds,
+                                      extra={**request.extra, **({"record": str(args.record)} if args.record else {})})
+        previous = signal.signal(signal.SIGINT, lambda *_: _stop_jam(app))
+        try:
+            result = run_job(app, request, JobKind.JAM)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if take.generation_seconds:
+        app.close()
+    take = result.take
+    if take is not None and take.generation_seconds:
         gens = sorted(take.generation_seconds)
         sys.stderr.write(f"{len(gens)} segment(s) of {take.segment_seconds[0]:.2f} s, generated in "
                          f"{gens[len(gens) // 2]:.2f} s (median) / {gens[-1]:.2f} s (slowest): "
                          f"{take.realtime_factor:.2f}x real time; first audio after "
                          f"{take.first_audio_seconds or 0.0:.2f} s"
-                         + (f", playback began with {take.preroll_seconds:.2f} s queued" if player else "") + "\n")
-    sys.stderr.write(f"underruns: {take.underruns}\n")
-    for path in [*take.segments, take.path]:
+                         + (f", playback began with {take.preroll_seconds:.2f} s queued" if request.play else "")
+                         + "\n")
+    sys.stderr.write(f"underruns: {take.underruns if take is not None else 0}\n")
+    for path in [*(take.segments if take is not None else []), *result.paths]:
         print(path)
     return 0
+
+
+def _stop_jam(app: Any) -> None:
+    """Ctrl-C: the jam stops at the end of its segment and keeps its take; before it runs, it is cancelled."""
+    if app.jam.running:
+        app.jam.stop()
+    else:
+        app.jobs.cancel("*")
+
+
+class _JamPrinter:
+    """The jam command's job listener: each segment and warning as a line on stderr."""
+
+    def chunk(self, job: Any, chunk: Any) -> None:
+        del job
+        _announce(chunk.index, chunk.path, chunk.start_seconds)
+
+    def warning(self, job: Any, message: str) -> None:
+        del job
+        _say(message)
+
+    def queued(self, job: Any, position: int) -> None:
+        del job, position
+
+    def progress(self, job: Any, fraction: float) -> None:
+        del job, fraction
+
+    def done(self, job: Any, result: Any) -> None:
+        del job, result
+
+    def fail(self, job: Any, error: Any) -> None:
+        del job, error
 
 
 def _say(message: str) -> None:
@@ -112,9 +143,3 @@ def _say(message: str) -> None:
 
 def _announce(index: int, path: Path, start: float) -> None:
     sys.stderr.write(f"segment {index} at {start:.2f} s: {path}\n")
-
-
-def _next_take_name(folder: Path) -> str:
-    import time  # noqa: PLC0415
-
-    return time.strftime("%Y%m%d-%H%M%S")

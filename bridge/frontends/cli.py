@@ -16,10 +16,7 @@ from typing import Any, NoReturn, TextIO
 
 from bridge import __version__
 from bridge.config import PRECISION_HELP
-from bridge.errors import BridgeError
-
-EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
-              "no_audio_device": 8, "cancelled": 130, "internal": 1}
+from bridge.errors import BridgeError, exit_code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,11 +35,13 @@ class ProgressBar:
         self.width = width
         self.started = time.monotonic()
         self._last = 0.0
+        self._finished = False
 
     def __call__(self, fraction: float) -> None:
         now = time.monotonic()
-        if fraction < 1.0 and now - self._last < 0.1:
+        if self._finished or (fraction < 1.0 and now - self._last < 0.1):
             return
+        self._finished = fraction >= 1.0
         self._last = now
         filled = int(self.width * max(0.0, min(1.0, fraction)))
         elapsed = now - self.started
@@ -120,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: Any) -> None:
     """Commands whose code lives in other modules; each adds its own parser."""
-    for module_name in ("bridge.frontends.osc.cli_glue", "bridge.frontends.bench_cli", "bridge.frontends.audio_cli"):
+    for module_name in ("bridge.frontends.osc.serve", "bridge.frontends.client", "bridge.frontends.bench_cli",
+                        "bridge.frontends.audio_cli"):
         try:
             module = __import__(module_name, fromlist=["add_parsers"])
         except ImportError as exc:
@@ -148,13 +148,14 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _run_one_shot(args: argparse.Namespace) -> int:
-    from bridge.app.bridge import Bridge  # noqa: PLC0415  (imports torch: keep --help fast)
-
-    mode = {"generate": "text", "continue": "continue", "melody": "melody"}[args.command]
-    config = _config_from_args(args)
-    # Check the arguments before spending seconds on loading the model.
+    from bridge.app.jobs import JobKind  # noqa: PLC0415
+    from bridge.app.root import App  # noqa: PLC0415  (imports torch: keep --help fast)
     from bridge.options import Request  # noqa: PLC0415
 
+    mode = {"generate": "text", "continue": "continue", "melody": "melody"}[args.command]
+    kind = {"text": JobKind.GENERATE, "continue": JobKind.CONTINUE, "melody": JobKind.MELODY}[mode]
+    config = _config_from_args(args)
+    # Check the arguments before spending seconds on loading the model.
     Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
             clip=getattr(args, "clip", None)).with_options(
         _options_from_args(args)).validate()
@@ -164,14 +165,66 @@ def _run_one_shot(args: argparse.Namespace) -> int:
         raise NotFound(f"clip {args.clip} does not exist: check the path")
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
-    bridge = Bridge.from_config(config)
-    request = bridge.make_request(mode, args.prompt, args.seconds, getattr(args, "clip", None),
-                                  _options_from_args(args))
-    progress: Callable[[float], None] = (lambda _f: None) if args.quiet else ProgressBar(mode)
-    result = bridge.run("", request, progress, lambda: False)
+    app = App.build(config, listener=ProgressListener(None if args.quiet else ProgressBar(mode)))
+    try:
+        request = app.bridge.make_request(mode, args.prompt, args.seconds, getattr(args, "clip", None),
+                                          _options_from_args(args))
+        result = run_job(app, request, kind)
+    finally:
+        app.close()
     for path in result.paths:
         print(path)
     return 0
+
+
+def run_job(app: Any, request: Any, kind: Any, on_interrupt: Callable[[], None] | None = None) -> Any:
+    """Submit one job to the app's queue and wait for its end; its error is raised, Ctrl-C cancels it.
+
+    ``on_interrupt`` replaces the cancel on Ctrl-C (the jam stops gracefully and keeps its take).
+    """
+    job = app.jobs.submit(request, kind=kind)
+    try:
+        app.jobs.wait(job)
+    except KeyboardInterrupt:
+        if on_interrupt is None:
+            app.jobs.cancel(job.id)
+            app.jobs.wait(job, timeout=30.0)
+            raise
+        on_interrupt()
+        app.jobs.wait(job)
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
+class ProgressListener:
+    """The one-shot CLI's job listener: progress to a bar on stderr, warnings as lines, the rest ignored."""
+
+    def __init__(self, bar: Callable[[float], None] | None) -> None:
+        self.bar = bar
+
+    def progress(self, job: Any, fraction: float) -> None:
+        del job
+        if self.bar is not None:
+            self.bar(fraction)
+
+    def warning(self, job: Any, message: str) -> None:
+        del job
+        sys.stderr.write(message + "\n")
+
+    def queued(self, job: Any, position: int) -> None:
+        del job, position
+
+    def chunk(self, job: Any, chunk: Any) -> None:
+        del job, chunk
+
+    def done(self, job: Any, result: Any) -> None:
+        del job
+        if self.bar is not None:
+            self.bar(1.0)
+
+    def fail(self, job: Any, error: BridgeError) -> None:
+        del job, error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except BridgeError as exc:
         sys.stderr.write(f"musicgen-bridge: {exc.code}: {exc.message}\n")
-        return EXIT_CODES.get(exc.code, 1)
+        return exit_code(exc.code)
     except KeyboardInterrupt:
         sys.stderr.write("musicgen-bridge: interrupted\n")
         return 130

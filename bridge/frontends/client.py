@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from bridge.errors import BadArgs
+from bridge.config import Config
+from bridge.errors import BadArgs, exit_code
 from bridge.frontends.osc.transport import (
     BadPacket,
     FrameReader,
@@ -36,6 +37,9 @@ TIMEOUT_EXIT = 124  # as timeout(1)
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 _TYPED = re.compile(r"^([ifhsd]):(.*)$", re.DOTALL)
+
+
+DEFAULT_PORT = Config.port
 
 
 def parse_arg(text: str) -> Any:
@@ -68,9 +72,7 @@ class Outcome:
 
 
 def _exit_code(fail_code: str) -> int:
-    from bridge.frontends.cli import EXIT_CODES  # noqa: PLC0415 - the CLI owns the table; it imports this module lazily
-
-    return EXIT_CODES.get(fail_code, 1)
+    return exit_code(fail_code)
 
 
 def _format(message: Message) -> str:
@@ -223,15 +225,30 @@ def _send_tcp(address: str, args: list[Any], host: str, port: int, wait: bool, t
         return _collect(receive, _Matcher(address, args), timeout, progress)
 
 
-def main_send(argv: Sequence[str] | None = None) -> int:
-    """``musicgen-bridge send`` on its own (the CLI wires :func:`run_send` in the same way)."""
-    import argparse  # noqa: PLC0415
+def add_parsers(sub: Any) -> None:
+    """Add ``send`` to the CLI's subparsers."""
+    send_parser = sub.add_parser(
+        "send", help="send one OSC message to the bridge (and with --wait, print the result)",
+        description="Send one OSC message. Arguments are typed by inference (3 int, 2.5 float, else text) or "
+                    "explicitly (i:3 f:2 s:3). With --wait: wait for the job's done or fail and print the result "
+                    "paths, one per line.",
+        epilog='example: musicgen-bridge send /musicgen/generate "" "dusty lofi keys" 4 bpm 90 bars 2 --wait')
+    add_send_arguments(send_parser)
+    send_parser.set_defaults(handler=run_send)
 
-    from bridge.frontends.osc.cli_glue import add_send_arguments  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="musicgen-bridge send")
-    add_send_arguments(parser)
-    return run_send(parser.parse_args(argv))
+def add_send_arguments(p: Any) -> None:
+    p.add_argument("address", help="the OSC address, e.g. /musicgen/generate")
+    p.add_argument("args", nargs="*", help='arguments, e.g. "" "dusty lofi keys" 4 bpm 90 (i:3 f:2 s:3 force a type)')
+    p.add_argument("--host", default="127.0.0.1", help="the bridge's host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the bridge's port (default {DEFAULT_PORT})")
+    p.add_argument("--reply-port", type=int, default=None, help="with --wait, listen on this port (default: any free "
+                   "one, registered with /musicgen/notify)")
+    p.add_argument("--wait", action="store_true", help="wait for the answer: a job's done or fail, else the first reply")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
+    p.add_argument("--token", default=None, help="the shared token (default $MUSICGEN_BRIDGE_TOKEN)")
+    p.add_argument("--tcp", action="store_true", help="send over TCP (replies come back on the connection)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr while waiting")
 
 
 def run_send(args: Any, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:

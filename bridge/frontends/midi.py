@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from bridge.app.jobs import JobKind
 from bridge.app.presets import PresetBank, PresetLibrary
 from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.tempo import MAX_BPM, MIN_BPM
@@ -187,13 +188,14 @@ class MidiMapper:
 class MidiActions:
     """What the daemon does with each action: fire presets as jobs, steer and start/stop the jam.
 
-    ``submit(request, job_id, address)`` queues a job (the OSC server's ``submit``). Errors are logged,
-    never raised: a wrong knob must not take the MIDI thread down.
+    ``app`` is the composition root's :class:`bridge.app.root.App`: presets become requests through
+    its facade and go to its one job queue (their replies go to every registered OSC port); knobs,
+    clock and transport go to its jam controller. Errors are logged, never raised: a wrong knob
+    must not take the MIDI thread down.
     """
 
-    def __init__(self, bridge: Any, submit: Callable[..., Any], mapper: MidiMapper) -> None:
-        self.bridge = bridge
-        self.submit = submit
+    def __init__(self, app: Any, mapper: MidiMapper) -> None:
+        self.app = app
         self.mapper = mapper
 
     def apply(self, action: Action) -> None:
@@ -202,31 +204,29 @@ class MidiActions:
         except BridgeError as exc:
             log.warning("MIDI %s: %s: %s", action, exc.code, exc.message)
 
-    def _jamming(self) -> bool:
-        return bool(self.bridge.info().get("jamming"))
-
     def _apply(self, action: Action) -> None:
+        jam = self.app.jam
         if isinstance(action, FirePreset):
-            request = self.bridge.preset_request(action.bank, action.preset, action.options)
-            self.submit(request, "", "/musicgen/preset")
-        elif isinstance(action, SetParam) and self._jamming():
-            self.bridge.jam_set({action.name: action.value})
-        elif isinstance(action, SetTempo) and self._jamming():
-            self.bridge.jam_set({"bpm": action.bpm})
-        elif isinstance(action, Transport) and action.command == "stop" and self._jamming():
-            self.bridge.jam_stop()
-        elif isinstance(action, Transport) and action.command == "start" and not self._jamming():
+            request = self.app.bridge.preset_request(action.bank, action.preset, action.options)
+            self.app.jobs.submit(request, kind=JobKind.PRESET)
+        elif isinstance(action, SetParam) and jam.running:
+            jam.set({action.name: action.value})
+        elif isinstance(action, SetTempo) and jam.running:
+            jam.set({"bpm": action.bpm})
+        elif isinstance(action, Transport) and action.command == "stop" and jam.running:
+            jam.stop()
+        elif isinstance(action, Transport) and action.command == "start" and not jam.running:
             bank = self.mapper.current_bank()
             first = next(iter(bank.presets))
             options: dict[str, Any] = dict(self.mapper.params)
             if self.mapper.tempo is not None:
                 options["bpm"] = self.mapper.tempo
-            preset = self.bridge.preset_request(bank.name, first, options)
+            preset = self.app.bridge.preset_request(bank.name, first, options)
             settings = {key: getattr(preset, key) for key in (
                 "seed", "guidance", "temperature", "top_k", "top_p", "bpm", "bars", "beats_per_bar")}
-            request = self.bridge.make_request("jam", preset.prompt, None, None,
-                                               {k: v for k, v in settings.items() if v is not None} | {"play": True})
-            self.submit(request, "", "/musicgen/jam/start")
+            request = self.app.bridge.make_request("jam", preset.prompt, None, None,
+                                                   {k: v for k, v in settings.items() if v is not None} | {"play": True})
+            self.app.jobs.submit(request, kind=JobKind.JAM)
 
 
 def input_names() -> list[str]:

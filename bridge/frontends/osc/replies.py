@@ -18,12 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bridge.app.jobs import Job
+from bridge.app.jobs import Job, JobKind
 from bridge.errors import BridgeError, Internal
+from bridge.frontends.osc.routes import ADDRESS_OF
 from bridge.frontends.osc.transport import FrameReader, encode_message, frame
 
 if TYPE_CHECKING:
-    from bridge.app.bridge import Chunk, JobResult
+    from bridge.app.results import Chunk, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class ReplyRouter:
         self.send(job.origin, "/musicgen/progress", [job.id, float(fraction)])
 
     def chunk(self, job: Job, chunk: Chunk) -> None:
-        if job.address == "/musicgen/jam/start":
+        if job.kind is JobKind.JAM:
             self.send(job.origin, "/musicgen/jam/segment", [job.id, chunk.index, str(chunk.path)])
             return
         self.send(job.origin, "/musicgen/chunk", [job.id, chunk.index, str(chunk.path), float(chunk.start_seconds),
@@ -239,10 +240,11 @@ class ReplyRouter:
         if not paths:
             self.fail(job, Internal(f"job {job.id} finished without writing a file; please report it"))
             return
-        self.send(job.origin, "/musicgen/done", [job.address, job.id, paths[0], float(result.seconds), *paths[1:]])
+        self.send(job.origin, "/musicgen/done", [ADDRESS_OF[job.kind], job.id, paths[0], float(result.seconds),
+                                                 *paths[1:]])
 
     def fail(self, job: Job, error: BridgeError) -> None:
-        self.send(job.origin, "/musicgen/fail", [job.address, job.id, error.code, error.message])
+        self.send(job.origin, "/musicgen/fail", [ADDRESS_OF[job.kind], job.id, error.code, error.message])
 
 
 class HostPeers:

@@ -3,9 +3,11 @@
 Each route is registered with :meth:`RouteTable.add`, which declares the typed arguments (checked
 against the function's signature at import) and whether trailing ``key value`` options follow.
 The first docstring line is the README table's "meaning"; a ``Replies:`` line its "replies".
-Routes know nothing of sockets: they get a :class:`Context` and call ``ctx.reply``, the job queue
-and the bridge; raising a :class:`~bridge.errors.BridgeError` becomes ``/musicgen/fail`` in the
-server. ``python -m bridge.frontends.osc.routes`` prints the README table.
+Routes know nothing of sockets: they get a :class:`Context` and call ``ctx.reply`` and the
+application's services (the facade, the job queue, the output device, the jam); raising a
+:class:`~bridge.errors.BridgeError` becomes ``/musicgen/fail`` in the server. A route never waits:
+what takes time (a job, opening the audio device) runs elsewhere and replies when it is done.
+``python -m bridge.frontends.osc.routes`` prints the README table.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bridge import __version__
-from bridge.app.jobs import ALL, Job, JobQueue
-from bridge.errors import BadArgs, NotFound
+from bridge.app.jobs import ALL, Job, JobKind, JobQueue
+from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.options import closest, parse_options
 
 # -- argument converters ------------------------------------------------------------------------
@@ -92,7 +94,7 @@ class Peers(Protocol):
 
 
 class Facts(Protocol):
-    """What routes read of the bridge beyond making requests."""
+    """What routes ask of the facade (:class:`bridge.app.bridge.Bridge`): facts and validated requests."""
 
     def info(self) -> dict[str, Any]: ...
 
@@ -101,13 +103,50 @@ class Facts(Protocol):
 
     def preset_request(self, bank: str, preset: str, options: dict[str, Any]) -> Any: ...
 
-    def jam_set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
 
-    def jam_stop(self) -> None: ...
+class Output(Protocol):
+    """The output device (:class:`bridge.app.output.OutputDevice`): its calls return at once."""
 
-    def play(self, path: str) -> Any: ...
+    @property
+    def underruns(self) -> int: ...
 
-    def stop_playback(self) -> None: ...
+    def play(self, path: str, done: Callable[[Path | None, BridgeError | None], None]) -> None: ...
+
+    def stop(self, done: Callable[[BridgeError | None], None]) -> None: ...
+
+
+class JamControl(Protocol):
+    """The jam controller (:class:`bridge.app.jam.JamController`)."""
+
+    def set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+class Services(Protocol):
+    """What the composition root hands the OSC front end (:class:`bridge.app.root.App`)."""
+
+    @property
+    def bridge(self) -> Facts: ...
+
+    @property
+    def jobs(self) -> JobQueue: ...
+
+    @property
+    def output(self) -> Output: ...
+
+    @property
+    def jam(self) -> JamControl: ...
+
+
+ADDRESS_OF: dict[JobKind, str] = {
+    JobKind.GENERATE: "/musicgen/generate",
+    JobKind.CONTINUE: "/musicgen/continue",
+    JobKind.MELODY: "/musicgen/melody",
+    JobKind.PRESET: "/musicgen/preset",
+    JobKind.JAM: "/musicgen/jam/start",
+}
+"""The request address of each kind of job: ``done``, ``fail`` and ``/musicgen/job`` name it."""
 
 
 @dataclass
@@ -115,16 +154,27 @@ class Context:
     """Everything a route may touch while it handles one message."""
 
     address: str
-    bridge: Facts
-    jobs: JobQueue
+    app: Services
     routes: RouteTable
     reply: Callable[[str, Sequence[Any]], None]
-    """Send a message back to the sender (the server decides where that is)."""
+    """Send a message back to the sender (the server decides where that is; safe from any thread)."""
     peers: Peers
     origin: Any = None
 
-    def submit(self, job_id: str, request: Any) -> Job:
-        return self.jobs.submit(request, job_id=job_id, address=self.address, origin=self.origin)
+    @property
+    def bridge(self) -> Facts:
+        return self.app.bridge
+
+    @property
+    def jobs(self) -> JobQueue:
+        return self.app.jobs
+
+    def submit(self, job_id: str, request: Any, kind: JobKind) -> Job:
+        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin)
+
+    def fail(self, error: BridgeError, job_id: str = "") -> None:
+        """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""
+        self.reply("/musicgen/fail", [self.address, job_id, error.code, error.message])
 
 
 @dataclass(frozen=True)
@@ -273,7 +323,7 @@ def status(ctx: Context) -> None:
     waiting, running = ctx.jobs.snapshot()
     state = "busy" if waiting or running is not None else "idle"
     ctx.reply("/musicgen/status", [state, str(info.get("model", "")), str(info.get("device", "")), waiting,
-                                   running.id if running is not None else "", int(info.get("underruns", 0))])
+                                   running.id if running is not None else "", int(ctx.app.output.underruns)])
 
 
 @routes.add("/musicgen/notify", port=arg("<reply port>", PORT))
@@ -305,7 +355,7 @@ def generate(ctx: Context, *, job_id: str, prompt: str, seconds: float, options:
 
     Replies: `/musicgen/queued <id> <position>`, `/musicgen/progress <id> <0..1>`, `/musicgen/chunk <id> <index> <path> <start> <seconds>` (with `stream 1`), then `/musicgen/done <address> <id> <path> <seconds> [<path> ...]` or `/musicgen/fail <address> <id> <code> <message>`
     """
-    ctx.submit(job_id, ctx.bridge.make_request("text", prompt, seconds, None, options))
+    ctx.submit(job_id, ctx.bridge.make_request("text", prompt, seconds, None, options), JobKind.GENERATE)
 
 
 @routes.add("/musicgen/continue", options="typed", job_id=ID, clip=arg("<clip path>", TEXT), prompt=PROMPT,
@@ -315,7 +365,8 @@ def continue_(ctx: Context, *, job_id: str, clip: str, prompt: str, seconds: flo
 
     Replies: same as `/musicgen/generate`
     """
-    ctx.submit(job_id, ctx.bridge.make_request("continue", prompt, seconds, _existing(clip, "clip"), options))
+    ctx.submit(job_id, ctx.bridge.make_request("continue", prompt, seconds, _existing(clip, "clip"), options),
+               JobKind.CONTINUE)
 
 
 @routes.add("/musicgen/melody", options="typed", job_id=ID, clip=arg("<melody path>", TEXT), prompt=PROMPT,
@@ -325,7 +376,8 @@ def melody(ctx: Context, *, job_id: str, clip: str, prompt: str, seconds: float,
 
     Replies: same as `/musicgen/generate`
     """
-    ctx.submit(job_id, ctx.bridge.make_request("melody", prompt, seconds, _existing(clip, "melody clip"), options))
+    ctx.submit(job_id, ctx.bridge.make_request("melody", prompt, seconds, _existing(clip, "melody clip"), options),
+               JobKind.MELODY)
 
 
 @routes.add("/musicgen/preset", options="typed", job_id=ID, bank=arg("<bank>", TEXT), preset=arg("<preset>", TEXT))
@@ -334,7 +386,7 @@ def preset(ctx: Context, *, job_id: str, bank: str, preset: str, options: dict[s
 
     Replies: same as `/musicgen/generate`
     """
-    ctx.submit(job_id, ctx.bridge.preset_request(bank, preset, options))
+    ctx.submit(job_id, ctx.bridge.preset_request(bank, preset, options), JobKind.PRESET)
 
 
 @routes.add("/musicgen/cancel", job_id=ID)
@@ -362,10 +414,10 @@ def job(ctx: Context, *, job_id: str) -> None:
         tail = [str(p) for p in found.result.paths]
     elif found.error is not None:
         tail = [found.error.code, found.error.message]
-    ctx.reply("/musicgen/job", [found.id, found.state, found.address, *tail])
+    ctx.reply("/musicgen/job", [found.id, found.state, ADDRESS_OF[found.kind], *tail])
 
 
-# -- jam (another module replaces these with ``replace=True``) ------------------------------------
+# -- the jam and the output device ----------------------------------------------------------------
 
 
 @routes.add("/musicgen/jam/start", options="typed", job_id=ID, prompt=PROMPT)
@@ -375,7 +427,7 @@ def jam_start(ctx: Context, *, job_id: str, prompt: str, options: dict[str, Any]
     Replies: `/musicgen/queued <id> <position>`, `/musicgen/jam/segment <id> <index> <path>` per segment, `/musicgen/warning <id> <message>` when the machine generates slower than real time (it pre-rolls, saying how long), then `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` after `/musicgen/jam/stop`
     """
     request = ctx.bridge.make_request("jam", prompt, None, None, {"play": True} | options)
-    ctx.submit(job_id, request)
+    ctx.submit(job_id, request, JobKind.JAM)
 
 
 @routes.add("/musicgen/jam/set", options="raw")
@@ -387,7 +439,7 @@ def jam_set(ctx: Context, *, settings: list[Any]) -> None:
     if len(settings) % 2:
         raise BadArgs(f"jam settings come in key/value pairs; {settings[-1]!r} has no value")
     changes = {str(k): v for k, v in zip(settings[0::2], settings[1::2], strict=True)}
-    applied = ctx.bridge.jam_set(changes)
+    applied = ctx.app.jam.set(changes)
     ctx.reply("/musicgen/jam/set", [x for key, value in applied.items() for x in (key, value)])
 
 
@@ -397,27 +449,41 @@ def jam_stop(ctx: Context) -> None:
 
     Replies: `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` (to the jam's starter)
     """
-    ctx.bridge.jam_stop()
+    ctx.app.jam.stop()
 
 
 @routes.add("/musicgen/play", path=arg("<path>", TEXT))
 def play(ctx: Context, *, path: str) -> None:
-    """Play an audio file (a result) on the bridge's output device (`no_audio_device` when there is none).
+    """Play an audio file (a result) on the bridge's output device, once it has opened; `busy` while a jam plays, `no_audio_device` when there is none.
 
-    Replies: `/musicgen/play <path>`
+    Replies: `/musicgen/play <path>` once it plays, or `/musicgen/fail /musicgen/play "" <code> <message>`
     """
-    played = ctx.bridge.play(path)
-    ctx.reply("/musicgen/play", [str(played)])
+    if not Path(path).expanduser().exists():
+        raise NotFound(f"{path} does not exist on the bridge's machine: give a full path it can read")
+
+    def done(played: Path | None, error: BridgeError | None) -> None:
+        if error is not None:
+            ctx.fail(error)
+        else:
+            ctx.reply("/musicgen/play", [str(played)])
+
+    ctx.app.output.play(path, done)
 
 
 @routes.add("/musicgen/stop")
 def stop(ctx: Context) -> None:
-    """Stop playback at once.
+    """Stop playback at once; during a jam this stops the jam too (its starter gets `done` with the take so far).
 
-    Replies: `/musicgen/stop`
+    Replies: `/musicgen/stop` once the output is silent
     """
-    ctx.bridge.stop_playback()
-    ctx.reply("/musicgen/stop", [])
+
+    def done(error: BridgeError | None) -> None:
+        if error is not None:
+            ctx.fail(error)
+        else:
+            ctx.reply("/musicgen/stop", [])
+
+    ctx.app.output.stop(done)
 
 
 # -- the API itself -------------------------------------------------------------------------------

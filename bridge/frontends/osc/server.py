@@ -20,12 +20,11 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from bridge.app.jobs import Job, JobQueue, Runner
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
 from bridge.frontends.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
-from bridge.frontends.osc.routes import Context, RouteTable
+from bridge.frontends.osc.routes import Context, RouteTable, Services
 from bridge.frontends.osc.routes import routes as default_routes
 from bridge.frontends.osc.transport import (
     MAX_PACKET,
@@ -39,10 +38,6 @@ from bridge.frontends.osc.transport import (
 
 if TYPE_CHECKING:
     from bridge.config import Config
-    from bridge.frontends.osc.routes import Facts
-
-    class ServedBridge(Facts, Runner, Protocol):
-        """What the server needs of :class:`bridge.app.bridge.Bridge`: facts, requests, and ``run``."""
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +63,21 @@ def is_loopback(host: str) -> bool:
 # -- the server -----------------------------------------------------------------------------------
 
 
-def load_routes() -> RouteTable:
-    """The route table, with optional route modules (jam) registered on top of the built-in one."""
-    for name in ("bridge.frontends.osc.jam_routes",):
-        try:
-            __import__(name)
-        except ImportError as exc:
-            if exc.name != name:
-                raise
-    return default_routes
-
-
 class OscServer:
     """The OSC daemon: UDP and TCP on one port, replies, and the job queue's listener.
 
-    ``start()`` runs the loop in a thread (tests, the CLI); ``serve_forever()`` in the caller's.
-    ``stop()`` cancels the running and queued jobs (each reported), then closes the sockets.
+    It serves an application built by the composition root (``app``: the facade, the one job
+    queue, the output device, the jam; :class:`bridge.app.root.App`) and listens to that queue,
+    turning its events into replies. ``start()`` runs the loop in a thread (tests, the CLI);
+    ``serve_forever()`` in the caller's. ``stop()`` closes the queue, so the running and queued
+    jobs are cancelled and each reported while the sockets are still open, then closes the sockets.
     A port of 0 picks a free one; ``port`` tells which.
     """
 
-    def __init__(self, bridge: ServedBridge, config: Config, jobs: JobQueue | None = None,
-                 routes: RouteTable | None = None, *, tcp: bool = True, read_timeout: float = 5.0,
-                 idle_timeout: float = 3600.0, max_connections: int = MAX_CONNECTIONS) -> None:
-        self.bridge = bridge
+    def __init__(self, app: Services, config: Config, routes: RouteTable | None = None, *, tcp: bool = True,
+                 read_timeout: float = 5.0, idle_timeout: float = 3600.0,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self.app = app
         self.config = config
         self.host = config.host
         self.token = config.token or None
@@ -98,7 +85,7 @@ class OscServer:
             raise BadArgs(f"listening on {self.host or 'every interface'} lets other machines in: start the "
                                "bridge with --token SECRET (or MUSICGEN_BRIDGE_TOKEN) and send `token SECRET` with "
                                "every message, or listen on 127.0.0.1")
-        self.routes = routes if routes is not None else load_routes()
+        self.routes = routes if routes is not None else default_routes
         self.tcp_enabled = tcp
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
@@ -106,11 +93,8 @@ class OscServer:
         self.stats = Stats()
         default_host = self.host if is_loopback(self.host) else "127.0.0.1"
         self.router = ReplyRouter(config.reply_port, default_host, self.stats)
-        if jobs is None:
-            jobs = JobQueue(bridge, config.queue_size, self.router)
-        else:
-            jobs.listener = self.router
-        self.jobs = jobs
+        self.jobs = app.jobs
+        self.jobs.listener = self.router
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -378,7 +362,7 @@ class OscServer:
                     address, "", "unknown_address",
                     f"no address {address}{self.routes.suggest(address)}: /musicgen/api/list lists them"])
                 return
-            ctx = Context(address=address, bridge=self.bridge, jobs=self.jobs, routes=self.routes,
+            ctx = Context(address=address, app=self.app, routes=self.routes,
                           reply=lambda a, v: self.router.send(origin, a, v), peers=self._peers(origin), origin=origin)
             route.call(ctx, args)
         except BridgeError as exc:
@@ -411,8 +395,3 @@ class OscServer:
     def _peers(self, origin: Any) -> HostPeers:
         host = origin.conn.host if isinstance(origin, TcpPeer) else getattr(origin, "host", self.router.default_host)
         return HostPeers(self.router, host)
-
-    # -- jobs from elsewhere ----------------------------------------------------------------
-    def submit(self, request: Any, job_id: str = "", address: str = "/musicgen/generate") -> Job:
-        """Queue a job from MIDI or the CLI: its replies go to every registered port and the default one."""
-        return self.jobs.submit(request, job_id=job_id, address=address, origin=None)

@@ -1,6 +1,8 @@
-"""The ``serve`` and ``send`` commands of ``musicgen-bridge``: their arguments and what they run.
+"""``musicgen-bridge serve``: its arguments, and the daemon it assembles from the composition root.
 
-``bridge.cli`` calls :func:`add_parsers`; each command's parser sets ``handler``.
+``bridge.frontends.cli`` calls :func:`add_parsers`. ``run_serve`` builds the application once
+(:class:`bridge.app.root.App`: model, services, the one job queue), puts the OSC server and the
+MIDI input in front of it, and serves until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,28 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.config import PRECISION_HELP
+from bridge.config import PRECISION_HELP, Config
 from bridge.errors import BadArgs
 
-DEFAULT_PORT = 9000
-DEFAULT_REPLY_PORT = 9001
+DEFAULT_PORT = Config.port
+DEFAULT_REPLY_PORT = Config.reply_port
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``serve`` and ``send`` to the CLI's subparsers."""
+    """Add ``serve`` to the CLI's subparsers."""
     serve = sub.add_parser("serve", help="keep the model loaded and serve DAW scripts over OSC (UDP and TCP)",
                            description="Load the model once, then answer OSC requests until Ctrl-C or SIGTERM "
                                        "(the running job is cancelled and reported).")
     add_serve_arguments(serve)
     serve.set_defaults(handler=run_serve)
-    send = sub.add_parser("send", help="send one OSC message to the bridge (and with --wait, print the result)",
-                          description="Send one OSC message. Arguments are typed by inference (3 int, 2.5 float, "
-                                      "else text) or explicitly (i:3 f:2 s:3). With --wait: wait for the job's "
-                                      "done or fail and print the result paths, one per line.",
-                          epilog="example: musicgen-bridge send /musicgen/generate \"\" \"dusty lofi keys\" 4 "
-                                 "bpm 90 bars 2 --wait")
-    add_send_arguments(send)
-    send.set_defaults(handler=_run_send)
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,26 +52,6 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="take a MIDI controller: a part of an input's name, or nothing for a virtual port "
                    "named musicgen-bridge (mido's backend: MIDO_BACKEND)")
     p.add_argument("--midi-bank", default=None, help="the preset bank the controller starts on (default: the first)")
-
-
-def add_send_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("address", help="the OSC address, e.g. /musicgen/generate")
-    p.add_argument("args", nargs="*", help='arguments, e.g. "" "dusty lofi keys" 4 bpm 90 (i:3 f:2 s:3 force a type)')
-    p.add_argument("--host", default="127.0.0.1", help="the bridge's host (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the bridge's port (default {DEFAULT_PORT})")
-    p.add_argument("--reply-port", type=int, default=None, help="with --wait, listen on this port (default: any free "
-                   "one, registered with /musicgen/notify)")
-    p.add_argument("--wait", action="store_true", help="wait for the answer: a job's done or fail, else the first reply")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
-    p.add_argument("--token", default=None, help="the shared token (default $MUSICGEN_BRIDGE_TOKEN)")
-    p.add_argument("--tcp", action="store_true", help="send over TCP (replies come back on the connection)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr while waiting")
-
-
-def _run_send(args: argparse.Namespace) -> int:
-    from bridge.frontends.client import run_send  # noqa: PLC0415
-
-    return run_send(args)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -105,7 +79,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM; then cancel and report the jobs, and exit 0."""
-    from bridge.app.bridge import Bridge  # noqa: PLC0415  (imports torch: keep --help fast)
+    from bridge.app.root import App  # noqa: PLC0415  (imports torch: keep --help fast)
     from bridge.frontends.osc.server import OscServer, is_loopback  # noqa: PLC0415
 
     config = config_from_args(args)
@@ -116,11 +90,11 @@ def run_serve(args: argparse.Namespace) -> int:
                       "(clients send `token SECRET` with every message), or listen on 127.0.0.1")
     _check_port_free(config.host, config.port)
     sys.stderr.write(f"loading {config.model} ...\n")
-    bridge = Bridge.from_config(config)
-    server = OscServer(bridge, config)
+    app = App.build(config)
+    server = OscServer(app, config)
     server.start()
-    midi = _open_midi(args, bridge, server) if getattr(args, "midi", None) is not None else None
-    info = bridge.info()
+    midi = _open_midi(args, app) if getattr(args, "midi", None) is not None else None
+    info = app.bridge.info()
     stop = threading.Event()
     previous = _install_signal_handlers(stop)
     try:
@@ -136,21 +110,23 @@ def run_serve(args: argparse.Namespace) -> int:
             if midi is not None:
                 midi.close()
             server.stop()
+            app.close()
     finally:
         _restore_signal_handlers(previous)
     sys.stderr.write("stopped\n")
     return 0
 
 
-def _open_midi(args: argparse.Namespace, bridge: Any, server: Any) -> Any:
+def _open_midi(args: argparse.Namespace, app: Any) -> Any:
     """Connect a MIDI controller: notes fire presets as jobs, CCs and clock steer the jam."""
     from bridge.frontends.midi import MidiActions, MidiInput, MidiMapper  # noqa: PLC0415
 
-    if bridge.app.presets is None or not bridge.app.presets.banks():
+    presets = app.presets
+    if presets is None or not presets.banks():
         raise BadArgs("--midi needs preset banks (their midi: sections map the controller): add --presets DIR")
-    bank = args.midi_bank or bridge.app.presets.banks()[0]
-    mapper = MidiMapper(bridge.app.presets, bank)
-    midi = MidiInput(mapper, MidiActions(bridge, server.submit, mapper).apply, port=args.midi or None)
+    bank = args.midi_bank or presets.banks()[0]
+    mapper = MidiMapper(presets, bank)
+    midi = MidiInput(mapper, MidiActions(app, mapper).apply, port=args.midi or None)
     sys.stderr.write(f"MIDI: listening on {midi.name}, bank {bank}\n")
     return midi
 

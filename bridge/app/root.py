@@ -1,0 +1,73 @@
+"""The composition root: builds the application's objects once, from a Config, and hands them out.
+
+``serve``, the one-shot commands and ``jam`` all start here: one engine, one :class:`Bridge` with its
+services, one output device, one jam controller, one :class:`JobQueue` that OSC, MIDI and the CLI
+submit to. Nothing else makes these, so there is exactly one of each per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge.app.bridge import Bridge
+from bridge.app.jam import JamController
+from bridge.app.jobs import JobListener, JobQueue, Runner
+from bridge.app.output import OutputDevice
+from bridge.app.presets import PresetLibrary
+from bridge.app.store import ResultStore
+from bridge.config import Config
+from bridge.engine import Engine
+from bridge.engine.models import load_model
+
+SHIPPED_PRESETS = Path(__file__).resolve().parents[2] / "presets"
+
+
+def load_presets(folder: Path | None) -> PresetLibrary | None:
+    """The preset banks in ``folder``, or in the project's ``presets/`` when none is given and it exists."""
+    if folder is not None:
+        return PresetLibrary.load(folder)
+    return PresetLibrary.load(SHIPPED_PRESETS) if SHIPPED_PRESETS.is_dir() else None
+
+
+@dataclass
+class App:
+    """Everything a front end may use: the facade (requests, facts), the queue, the output device, the jam."""
+
+    config: Config
+    bridge: Any  # the facade: bridge.app.bridge.Bridge (tests pass a stand-in with the same methods)
+    jobs: JobQueue
+    output: OutputDevice
+    jam: JamController
+
+    @property
+    def presets(self) -> PresetLibrary | None:
+        return getattr(self.bridge, "presets", None)
+
+    @classmethod
+    def build(cls, config: Config, *, listener: JobListener | None = None, engine: Engine | None = None,
+              presets: PresetLibrary | None = None, output: OutputDevice | None = None) -> App:
+        """Load the model (once) and the preset banks, and wire every service to them."""
+        if presets is None:
+            presets = load_presets(config.presets_dir)
+        if engine is None:
+            engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
+        bridge = Bridge(engine, config, presets, output=output)
+        return cls.around(config, bridge, listener=listener)
+
+    @classmethod
+    def around(cls, config: Config, bridge: Any, *, listener: JobListener | None = None) -> App:
+        """An App around a facade already built (a real Bridge, or a test's stand-in)."""
+        output = getattr(bridge, "output", None) or OutputDevice(config.audio_device)
+        store = getattr(bridge, "store", None) or ResultStore(config.resolved_output_dir())
+        jam = getattr(bridge, "jam", None) or JamController(None, output, store)
+        runner: Runner = bridge
+        return cls(config=config, bridge=bridge, jobs=JobQueue(runner, config.queue_size, listener), output=output,
+                   jam=jam)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancel and report every job, then let go of the output device."""
+        self.jobs.close(timeout)
+        self.output.close()
+
