@@ -1,6 +1,6 @@
 # make serve   install and run the daemon with the default model (facebook/musicgen-small)
 # make test    install everything the tests need and run them
-# make lint    ruff and mypy
+# make lint    ruff, mypy and the import contract (lint-imports)
 PYTHON ?= python3
 APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket g++
 
@@ -35,3 +35,4 @@ test: system-deps install-test
 lint: install-test
 	$(PYTHON) -m ruff check bridge tests $(wildcard benchmarks)
 	$(PYTHON) -m mypy
+	lint-imports  # the layers: front ends -> app -> engine | audio -> core (pyproject.toml)
