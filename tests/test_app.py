@@ -15,7 +15,7 @@ from bridge.app.presets import PresetLibrary
 from bridge.app.rendering import is_out_of_memory
 from bridge.app.root import App, load_presets
 from bridge.config import Config
-from bridge.errors import BadArgs, ModelError, exit_code
+from bridge.errors import ALL_CODES, EXIT_CODES, BadArgs, ModelError, exit_code
 
 # -- the output device has one owner: a jam and a file never share it --------------------------------
 
@@ -103,6 +103,21 @@ def test_a_route_never_waits_for_the_audio_device(osc_server, tmp_path):
     assert fail.args[0] == "/musicgen/play" and "still writes files" in fail.args[3]
 
 
+def test_ping_is_answered_while_play_opens_a_jack_device(osc_server, tmp_path, jack_server):
+    """The real thing: opening a JACK device takes a child process and PortAudio's start-up; pings do not wait."""
+    _server, client = osc_server()
+    path = _result_file(tmp_path, seconds=2.0)
+    client.send("/musicgen/play", str(path))
+    client.send("/musicgen/ping")
+    deadline = time.monotonic() + 30
+    while not {"/musicgen/pong", "/musicgen/play"} <= {m.address for m in client.inbox}:
+        assert client._receive(deadline), f"no pong and play reply within 30 s: {client.inbox}"
+    order = [m.address for m in client.inbox if m.address in ("/musicgen/pong", "/musicgen/play")]
+    assert order == ["/musicgen/pong", "/musicgen/play"]  # the route handed the device to the output thread
+    client.send("/musicgen/stop")
+    client.expect("/musicgen/stop", timeout=30)
+
+
 # -- presets: `model:` reaches the daemon, and sidecars name the preset ----------------------------------
 
 
@@ -161,5 +176,6 @@ def test_the_composition_root_builds_one_of_each(tiny_engine, tmp_path):
 
 
 def test_exit_codes_live_with_the_errors():
+    assert set(EXIT_CODES) == set(ALL_CODES)  # every wire code has its exit status
     assert (exit_code("bad_args"), exit_code("no_audio_device"), exit_code("cancelled")) == (2, 8, 130)
     assert exit_code("a code from a newer bridge") == 1

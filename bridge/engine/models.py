@@ -10,7 +10,6 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -321,7 +320,3 @@ def load_model(name: str, device: str = "auto", precision: str = "auto") -> Load
         pad_token_id=pad, max_frames=max_frames, precision=weights,
     )
 
-
-def model_folder_hint(path: Path) -> str:
-    """Text for errors about a local folder that does not hold a checkpoint."""
-    return f"{path} has no config.json: point --model at a folder saved with save_pretrained"
