@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.app.jobs import Job, JobKind
 from bridge.errors import BridgeError, Internal
-from bridge.frontends.osc.routes import ADDRESS_OF
+from bridge.frontends.osc.context import ADDRESS_OF
 from bridge.frontends.osc.transport import FrameReader, encode_message, frame
 
 if TYPE_CHECKING:

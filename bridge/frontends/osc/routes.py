@@ -17,11 +17,12 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bridge import __version__
-from bridge.app.jobs import ALL, Job, JobKind, JobQueue
+from bridge.app.jobs import ALL, JobKind
 from bridge.errors import BadArgs, BridgeError, NotFound
+from bridge.frontends.osc.context import ADDRESS_OF, Context
 from bridge.options import closest, parse_options
 
 # -- argument converters ------------------------------------------------------------------------
@@ -83,98 +84,6 @@ def arg(placeholder: str, base: Arg) -> Arg:
 
 
 # -- the table ----------------------------------------------------------------------------------
-
-
-class Peers(Protocol):
-    """The reply ports registered for the sender's host (the server's reply router)."""
-
-    def register(self, port: int) -> None: ...
-
-    def unregister(self, port: int) -> None: ...
-
-
-class Facts(Protocol):
-    """What routes ask of the facade (:class:`bridge.app.bridge.Bridge`): facts and validated requests."""
-
-    def info(self) -> dict[str, Any]: ...
-
-    def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,
-                     options: dict[str, Any]) -> Any: ...
-
-    def preset_request(self, bank: str, preset: str, options: dict[str, Any]) -> Any: ...
-
-
-class Output(Protocol):
-    """The output device (:class:`bridge.app.output.OutputDevice`): its calls return at once."""
-
-    @property
-    def underruns(self) -> int: ...
-
-    def play(self, path: str, done: Callable[[Path | None, BridgeError | None], None]) -> None: ...
-
-    def stop(self, done: Callable[[BridgeError | None], None]) -> None: ...
-
-
-class JamControl(Protocol):
-    """The jam controller (:class:`bridge.app.jam.JamController`)."""
-
-    def set(self, changes: dict[str, Any]) -> dict[str, Any]: ...
-
-    def stop(self) -> None: ...
-
-
-class Services(Protocol):
-    """What the composition root hands the OSC front end (:class:`bridge.app.root.App`)."""
-
-    @property
-    def bridge(self) -> Facts: ...
-
-    @property
-    def jobs(self) -> JobQueue: ...
-
-    @property
-    def output(self) -> Output: ...
-
-    @property
-    def jam(self) -> JamControl: ...
-
-
-ADDRESS_OF: dict[JobKind, str] = {
-    JobKind.GENERATE: "/musicgen/generate",
-    JobKind.CONTINUE: "/musicgen/continue",
-    JobKind.MELODY: "/musicgen/melody",
-    JobKind.PRESET: "/musicgen/preset",
-    JobKind.JAM: "/musicgen/jam/start",
-}
-"""The request address of each kind of job: ``done``, ``fail`` and ``/musicgen/job`` name it."""
-
-
-@dataclass
-class Context:
-    """Everything a route may touch while it handles one message."""
-
-    address: str
-    app: Services
-    routes: RouteTable
-    reply: Callable[[str, Sequence[Any]], None]
-    """Send a message back to the sender (the server decides where that is; safe from any thread)."""
-    peers: Peers
-    origin: Any = None
-
-    @property
-    def bridge(self) -> Facts:
-        return self.app.bridge
-
-    @property
-    def jobs(self) -> JobQueue:
-        return self.app.jobs
-
-    def submit(self, job_id: str, request: Any, kind: JobKind) -> Job:
-        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin)
-
-    def fail(self, error: BridgeError, job_id: str = "") -> None:
-        """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""
-        self.reply("/musicgen/fail", [self.address, job_id, error.code, error.message])
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
+from bridge.frontends.osc.context import Context, Services
 from bridge.frontends.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
-from bridge.frontends.osc.routes import Context, RouteTable, Services
+from bridge.frontends.osc.routes import RouteTable
 from bridge.frontends.osc.routes import routes as default_routes
 from bridge.frontends.osc.transport import (
     MAX_PACKET,
