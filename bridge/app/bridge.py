@@ -28,7 +28,7 @@ from bridge.engine import Engine, GenerationSpec
 from bridge.engine.decoding import Sampling
 from bridge.engine.models import load_model
 from bridge.errors import BadArgs, BadAudio, BridgeError, Internal, ModelError, NotFound
-from bridge.options import Request
+from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,8 @@ class Bridge:
             self._player.stop()
 
     def jam_set(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Change the running jam from its next segment on; a ``preset`` key brings a preset's prompt."""
+        """Change the running jam from its next segment on; a ``preset`` key brings a preset's prompt and
+        sampling options (the jam keeps its tempo and bar length)."""
         jam = self._jam
         if jam is None:
             raise NotFound("no jam is running: start one with /musicgen/jam/start")
@@ -306,8 +307,7 @@ class Bridge:
             if self.presets is None or not name:
                 raise BadArgs("preset wants bank/name, and the bridge needs --presets DIR")
             preset_request: Request = self.presets.request(bank, name, {})
-            changes = {"prompt": preset_request.prompt, "temperature": preset_request.temperature,
-                       "guidance": preset_request.guidance, "top_k": preset_request.top_k} | changes
+            changes = {"prompt": preset_request.prompt, **jam_fields(preset_request, groups=("sampling",))} | changes
         settings = jam.set(changes)
         return dataclasses.asdict(settings)
 
@@ -322,10 +322,8 @@ class Bridge:
         from bridge.app.jam import run_jam  # noqa: PLC0415
         from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
 
-        settings = JamSettings(prompt=request.prompt, bpm=request.bpm or 120.0, bars=request.bars or 4,
-                               beats_per_bar=request.beats_per_bar, temperature=request.temperature,
-                               guidance=request.guidance, top_k=request.top_k, top_p=request.top_p,
-                               seed=request.seed if request.seed is not None else secrets.randbits(31)).check()
+        settings = JamSettings(prompt=request.prompt,
+                               **{"seed": secrets.randbits(31), **jam_fields(request)}).check()
         player = self.player() if request.play else None
         self._jam_stop.clear()
         self._jam = Jam(self.engine, settings)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal
 
 from bridge.app.presets import PresetBank, PresetLibrary
 from bridge.errors import BadArgs, BridgeError, NotFound
+from bridge.options import jam_fields, names
 from bridge.tempo import MAX_BPM, MIN_BPM
 
 __all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "SetParam", "SetTempo", "SwitchBank",
@@ -45,7 +46,7 @@ class FirePreset:
 
 @dataclass(frozen=True)
 class SetParam:
-    """A knob moved: ``name`` (an option) is now ``value`` for the next preset and a running jam."""
+    """A knob moved: ``name`` (an option) is now ``value`` for the next preset (and a running jam, if it can use it)."""
 
     name: str
     value: float | int
@@ -209,7 +210,7 @@ class MidiActions:
         if isinstance(action, FirePreset):
             request = self.bridge.preset_request(action.bank, action.preset, action.options)
             self.submit(request, "", "/musicgen/preset")
-        elif isinstance(action, SetParam) and self._jamming():
+        elif isinstance(action, SetParam) and action.name in names("jam") and self._jamming():
             self.bridge.jam_set({action.name: action.value})
         elif isinstance(action, SetTempo) and self._jamming():
             self.bridge.jam_set({"bpm": action.bpm})
@@ -222,10 +223,7 @@ class MidiActions:
             if self.mapper.tempo is not None:
                 options["bpm"] = self.mapper.tempo
             preset = self.bridge.preset_request(bank.name, first, options)
-            settings = {key: getattr(preset, key) for key in (
-                "seed", "guidance", "temperature", "top_k", "top_p", "bpm", "bars", "beats_per_bar")}
-            request = self.bridge.make_request("jam", preset.prompt, None, None,
-                                               {k: v for k, v in settings.items() if v is not None} | {"play": True})
+            request = self.bridge.make_request("jam", preset.prompt, None, None, jam_fields(preset) | {"play": True})
             self.submit(request, "", "/musicgen/jam/start")
 
 
