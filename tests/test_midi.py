@@ -177,6 +177,14 @@ def test_actions_steer_a_running_jam(mapper):
     assert bridge.jam_changes == [{"temperature": 0.6}] and bridge.stopped == 1
 
 
+def test_a_knob_the_jam_cannot_use_only_shapes_the_next_preset(mapper):
+    bridge = FakeBridge(mapper.library, jamming=True)
+    actions = MidiActions(bridge, lambda *a: None, mapper)
+    for action in (SetParam("variations", 3), SetParam("seconds", 4.0), SetParam("top_p", 0.5)):
+        actions.apply(action)
+    assert bridge.jam_changes == [{"top_p": 0.5}]  # not a warning on every turn of a variations knob
+
+
 def test_a_failing_action_is_logged_not_raised(mapper, caplog):
     actions = MidiActions(FakeBridge(mapper.library), lambda *a: None, mapper)
     actions.apply(FirePreset("lofi", "nope", {}))
