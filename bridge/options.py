@@ -1,8 +1,14 @@
 """What a generation request is: the mode, the prompt, the length and every option, validated.
 
-One table (``OPTION_TYPES``) says which options exist and their types; the OSC routes, the CLI
-and preset banks all go through :func:`parse_options` and :meth:`Request.validate`, so a
-misspelt option gets the same answer everywhere.
+:data:`OPTIONS` is the one table of options, as data (in the spirit of mido's message specs): each
+:class:`Option` says its type, default, range or choices, help text and where it may be given
+(:data:`SCOPES`). From it come :func:`parse_options` (OSC job options), :class:`Request`'s defaults
+and range checks, the jam's settings (``bridge.engine.jam.JamSettings``), the CLI flags
+(``bridge.frontends.cli_options``), the keys a preset bank may set and the params a MIDI CC may move.
+So a misspelt option, or a value out of range, gets the same answer everywhere.
+
+The shared token is not an option: it is transport, checked and taken off by the OSC server before
+options are parsed. ``python -m bridge.options`` prints the README's option table.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from bridge.errors import BadArgs
+from bridge.tempo import MAX_BEATS_PER_BAR, MAX_BPM, MIN_BPM
 
 Mode = Literal["text", "continue", "melody", "jam"]
 MODES: tuple[str, ...] = ("text", "continue", "melody", "jam")
@@ -23,6 +31,16 @@ NORMALIZE = ("off", "peak", "lufs")
 
 MAX_SECONDS = 600.0
 MAX_VARIATIONS = 8
+MAX_BARS = 512
+
+#: where an option may be given, and how to say it in an error message
+SCOPES: Mapping[str, str] = MappingProxyType({
+    "job": "in an OSC job request",
+    "cli": "on the command line",
+    "preset": "in a preset bank",
+    "jam": "on a running jam",
+    "midi": "as a MIDI CC param",
+})
 
 
 def _to_bool(value: Any) -> bool:
@@ -55,27 +73,166 @@ def _to_float(value: Any) -> float:
     return result
 
 
-#: option name -> (converter, what to say it expects)
-OPTION_TYPES: dict[str, tuple[Any, str]] = {
-    "seed": (_to_int, "a whole number"),
-    "guidance": (_to_float, "a number, e.g. 3.0"),
-    "temperature": (_to_float, "a number above 0, e.g. 1.0"),
-    "top_k": (_to_int, "a whole number, e.g. 250 (0 turns it off)"),
-    "top_p": (_to_float, "a number from 0 to 1 (0 turns it off)"),
-    "bpm": (_to_float, "a tempo in beats per minute, e.g. 120"),
-    "bars": (_to_int, "a whole number of bars, e.g. 8"),
-    "beats_per_bar": (_to_int, "a whole number, e.g. 4"),
-    "prompt_seconds": (_to_float, "seconds of the clip to use as the prompt"),
-    "variations": (_to_int, f"a whole number from 1 to {MAX_VARIATIONS}"),
-    "include_prompt": (_to_bool, "1 or 0"),
-    "stream": (_to_bool, "1 or 0"),
-    "play": (_to_bool, "1 or 0"),
-    "name": (str, "a file name (no folders)"),
-    "sample_rate": (_to_int, "a sample rate in Hz, e.g. 48000"),
-    "format": (str, "wav or flac"),
-    "normalize": (str, "off, peak or lufs"),
-    "token": (str, "the shared token the daemon was started with"),
-}
+_CONVERTERS: Mapping[type, Callable[[Any], Any]] = MappingProxyType(
+    {bool: _to_bool, int: _to_int, float: _to_float, str: str})
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its type, default, the values it accepts, its help, and where it may be given.
+
+    ``low``/``high`` bound a number (inclusive unless ``low_open``/``high_open``); ``choices`` list
+    the words a text option accepts. ``default`` is a request's; ``jam_default`` the jam's where it
+    differs (a jam always has a tempo). ``group`` says what the option is about (``sampling``,
+    ``length``, ``continue``, ``output``, ``jam``): a preset switched into a running jam brings its
+    ``sampling`` options and leaves the jam's tempo and bar length alone.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    scopes: frozenset[str]
+    expects: str  # what a value of the wrong type is told the option wants
+    group: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    unit: str = ""
+    note: str = ""  # said after a refusal, e.g. what is usual
+    limits_text: str = ""  # instead of the range worked out from low/high
+    default_text: str = ""  # what a default of None means
+    jam_default: Any = None  # None: the same as ``default``
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``top_k`` -> ``--top-k``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def jam_value(self) -> Any:
+        return self.default if self.jam_default is None else self.jam_default
+
+    def convert(self, value: Any) -> Any:
+        """``value`` as this option's type, or BadArgs saying what it wants (the range is :meth:`check`'s)."""
+        try:
+            return _CONVERTERS[self.kind](value)
+        except (TypeError, ValueError):
+            raise BadArgs(f"option {self.name!r} wants {self.expects}, got {value!r}") from None
+
+    def limits(self) -> str:
+        """The accepted values in words: 'from 0 to 20', 'above 0', 'one of wav, flac'."""
+        if self.limits_text:
+            return self.limits_text
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        low = None if self.low is None else _shown(self.low)
+        high = None if self.high is None else _shown(self.high)
+        if low is not None and high is not None:
+            if self.low_open or self.high_open:
+                return (f"{'above' if self.low_open else 'from'} {low} and "
+                        f"{'below' if self.high_open else 'up to'} {high}{self.unit}")
+            return f"from {low} to {high}{self.unit}"
+        if low is not None:
+            return f"above {low}{self.unit}" if self.low_open else f"{low}{self.unit} or more"
+        if high is not None:
+            return f"below {high}{self.unit}" if self.high_open else f"up to {high}{self.unit}"
+        return "any value"
+
+    def in_range(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if self.choices:
+            return value in self.choices
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or bool(value < self.high if self.high_open else value <= self.high)
+
+    def check(self, value: Any) -> None:
+        """Raise BadArgs unless ``value`` (typed, or None for unset) is in range; the same words everywhere."""
+        if not self.in_range(value):
+            note = f" ({self.note})" if self.note else ""
+            raise BadArgs(f"{self.name} must be {self.limits()}, got {_shown(value)}{note}")
+
+
+_ALL = frozenset(("job", "cli", "preset", "jam", "midi"))
+_FILES = frozenset(("job", "cli", "preset"))
+_REQUEST_ONLY = frozenset(("job", "preset"))
+
+_TABLE = (
+    Option("seed", int, None, "the random seed: the same seed and options give the same audio (a jam counts up "
+           "from it, one a segment)", _FILES | {"jam"}, "a whole number", "sampling", low=0,
+           limits_text="from 0 to 2**63-1", high=2**63 - 1, default_text="random", jam_default=0),
+    Option("guidance", float, 3.0, "classifier-free guidance: how closely the audio follows the text", _ALL,
+           "a number, e.g. 3.0", "sampling", low=0.0, high=20.0, note="3 is the usual"),
+    Option("temperature", float, 1.0, "sampling temperature: lower is tamer, higher is wilder", _ALL,
+           "a number above 0, e.g. 1.0", "sampling", low=0.0, low_open=True),
+    Option("top_k", int, 250, "sample from the k likeliest tokens (0 turns it off)", _ALL,
+           "a whole number, e.g. 250 (0 turns it off)", "sampling", low=0),
+    Option("top_p", float, 0.0, "nucleus sampling: from the likeliest tokens whose probabilities add up to p "
+           "(0 turns it off)", _ALL, "a number from 0 to 1 (0 turns it off)", "sampling", low=0.0, high=1.0),
+    Option("seconds", float, None, "length in seconds, or give bpm and bars (over OSC the <seconds> argument, 0 when bpm "
+           "and bars give the length)",
+           frozenset(("cli", "preset", "midi")), "a length in seconds, e.g. 8.0", "length", low=0.0,
+           high=MAX_SECONDS, unit=" s"),
+    Option("bpm", float, None, "tempo in beats per minute; with bars the length is exact to the sample and the "
+           "text prompt gains the tempo", _ALL, "a tempo in beats per minute, e.g. 120", "length", low=MIN_BPM,
+           high=MAX_BPM, jam_default=120.0),
+    Option("bars", int, None, "length in whole bars at bpm (a jam: bars a segment)", _ALL,
+           "a whole number of bars, e.g. 8", "length", low=1, high=MAX_BARS, jam_default=4),
+    Option("beats_per_bar", int, 4, "beats in a bar (4 for 4/4)", _FILES | {"jam"}, "a whole number, e.g. 4",
+           "length", low=1, high=MAX_BEATS_PER_BAR),
+    Option("prompt_seconds", float, None, "continue: how much of the clip's end to use as the prompt",
+           _FILES | {"midi"}, "seconds of the clip to use as the prompt", "continue", low=0.5, high=30.0,
+           unit=" s", default_text="whole bars near 8 s with bpm, else 8 s"),
+    Option("include_prompt", bool, False, "continue: write the original clip followed by the new audio, "
+           "crossfaded at the seam", _FILES, "1 or 0", "continue"),
+    Option("variations", int, 1, "how many results from one batched call", _FILES | {"midi"},
+           f"a whole number from 1 to {MAX_VARIATIONS}", "output", low=1, high=MAX_VARIATIONS),
+    Option("stream", bool, False, "send the audio as it is made (/musicgen/chunk): one variation, no "
+           "include_prompt, normalize off", _REQUEST_ONLY, "1 or 0", "output"),
+    Option("play", bool, False, "also play the result on the bridge's output device", _REQUEST_ONLY, "1 or 0",
+           "output"),
+    Option("name", str, None, "a file name under the output folder, never a path", _FILES,
+           "a file name (no folders)", "output", default_text="a unique name"),
+    Option("sample_rate", int, None, "output sample rate in Hz", _FILES, "a sample rate in Hz, e.g. 48000",
+           "output", low=8000, high=192000, unit=" Hz", default_text="the model's; for continue, the clip's"),
+    Option("format", str, "wav", "the file format", _FILES, "wav or flac", "output", choices=FORMATS),
+    Option("normalize", str, "off", "loudness: off only scales down what would clip, peak brings the peak to "
+           "-1 dBFS, lufs to -14 LUFS (never clips)", _FILES, "off, peak or lufs", "output", choices=NORMALIZE),
+    Option("context_seconds", float, 10.0, "(jam) how many seconds of its own past a jam segment continues from",
+           frozenset(("job", "jam")), "a number of seconds, e.g. 10", "jam", low=1.0, high=25.0, unit=" s"),
+)
+
+#: the one option table: name -> :class:`Option`, in the order help and the README list them
+OPTIONS: Mapping[str, Option] = MappingProxyType({spec.name: spec for spec in _TABLE})
+
+
+def names(scope: str) -> tuple[str, ...]:
+    """The options that may be given in ``scope`` (one of :data:`SCOPES`), in table order."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; scopes: {', '.join(SCOPES)}")
+    return tuple(spec.name for spec in _TABLE if scope in spec.scopes)
+
+
+def default(name: str) -> Any:
+    """A request's default for option ``name``."""
+    return OPTIONS[name].default
+
+
+def jam_default(name: str) -> Any:
+    """The jam's default for option ``name``."""
+    return OPTIONS[name].jam_value
 
 
 def closest(word: str, choices: Iterable[str]) -> str:
@@ -84,15 +241,16 @@ def closest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def convert_option(key: str, value: Any) -> Any:
-    """Convert one option value to its type, or raise BadArgs naming the option."""
-    if key not in OPTION_TYPES:
-        raise BadArgs(f"unknown option {key!r}{closest(key, OPTION_TYPES)}; known: {', '.join(OPTION_TYPES)}")
-    converter, expected = OPTION_TYPES[key]
-    try:
-        return converter(value)
-    except (TypeError, ValueError):
-        raise BadArgs(f"option {key!r} wants {expected}, got {value!r}") from None
+def convert_option(key: str, value: Any, scope: str = "job") -> Any:
+    """Convert one option value to its type, or raise BadArgs naming the option (and what is valid in ``scope``)."""
+    known = names(scope)
+    if key not in known:
+        spec = OPTIONS.get(key)
+        if spec is not None:
+            where = " or ".join(SCOPES[s] for s in SCOPES if s in spec.scopes)
+            raise BadArgs(f"option {key!r} cannot be given {SCOPES[scope]}, only {where}; known: {', '.join(known)}")
+        raise BadArgs(f"unknown option {key!r}{closest(key, known)}; known: {', '.join(known)}")
+    return OPTIONS[key].convert(value)
 
 
 def parse_options(pairs: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
@@ -107,35 +265,78 @@ def parse_options(pairs: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     return options
 
 
+def jam_fields(values: Any, groups: Iterable[str] | None = None) -> dict[str, Any]:
+    """What ``values`` (a Request, or anything with option attributes) sets that a jam can use.
+
+    Every option of the ``jam`` scope (only those of ``groups`` when given) that ``values`` has and
+    that is not None; the prompt is not an option, so the caller brings it.
+    """
+    wanted = None if groups is None else frozenset(groups)
+    fields: dict[str, Any] = {}
+    for name in names("jam"):
+        if wanted is not None and OPTIONS[name].group not in wanted:
+            continue
+        value = getattr(values, name, None)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(int(value))
+    return _shown(value).strip("'")
+
+
+def markdown() -> str:
+    """The README's option table, made from :data:`OPTIONS`."""
+    kinds = {bool: "1/0", int: "whole number", float: "number", str: "text"}
+    rows = ["| option | type | default | accepts | where | meaning |", "|---|---|---|---|---|---|"]
+    for spec in _TABLE:
+        shown = spec.default_text or _plain(spec.default)
+        if spec.jam_default is not None and "jam" in spec.scopes:
+            shown = f"{shown} (jam: {_plain(spec.jam_default)})"
+        accepts = "" if spec.kind is bool or (spec.kind is str and not spec.choices) else spec.limits()
+        where = ", ".join(s for s in SCOPES if s in spec.scopes)
+        rows.append(f"| `{spec.name}` | {kinds[spec.kind]} | {shown} | {accepts} | {where} | {spec.help} |")
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True)
 class Request:
-    """One generation job as the engine sees it, after the business rules are applied."""
+    """One generation job as the engine sees it, after the business rules are applied.
+
+    The option fields are the ``job`` options of :data:`OPTIONS` (plus ``seconds``), their defaults the table's.
+    """
 
     mode: Mode = "text"
     prompt: str = ""
-    seconds: float | None = None
+    seconds: float | None = default("seconds")
     clip: str | None = None
-    seed: int | None = None
-    guidance: float = 3.0
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    bpm: float | None = None
-    bars: int | None = None
-    beats_per_bar: int = 4
-    prompt_seconds: float | None = None
-    variations: int = 1
-    include_prompt: bool = False
-    stream: bool = False
-    play: bool = False
-    name: str | None = None
-    sample_rate: int | None = None
-    format: str = "wav"
-    normalize: str = "off"
+    seed: int | None = default("seed")
+    guidance: float = default("guidance")
+    temperature: float = default("temperature")
+    top_k: int = default("top_k")
+    top_p: float = default("top_p")
+    bpm: float | None = default("bpm")
+    bars: int | None = default("bars")
+    beats_per_bar: int = default("beats_per_bar")
+    prompt_seconds: float | None = default("prompt_seconds")
+    variations: int = default("variations")
+    include_prompt: bool = default("include_prompt")
+    stream: bool = default("stream")
+    play: bool = default("play")
+    name: str | None = default("name")
+    sample_rate: int | None = default("sample_rate")
+    format: str = default("format")
+    normalize: str = default("normalize")
+    context_seconds: float = default("context_seconds")
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_options(self, options: Mapping[str, Any]) -> Request:
-        """A copy with ``options`` (already typed) applied; ``token`` is never kept."""
+        """A copy with ``options`` (already typed) applied; keys that are not fields are left out."""
         known = {f.name for f in dataclasses.fields(self)}
         updates = {k: v for k, v in options.items() if k in known and k != "extra"}
         return dataclasses.replace(self, **updates)
@@ -148,41 +349,29 @@ class Request:
             raise BadArgs(f"{self.mode} needs a clip path")
         if self.mode == "melody" and not self.prompt.strip():
             raise BadArgs("melody needs a text prompt describing the style")
-        if self.mode == "jam":
-            return self._validate_sampling()
+        if self.mode != "jam":
+            self._validate_length()
+        for spec in _TABLE:
+            if spec.name in _REQUEST_OPTIONS:
+                spec.check(getattr(self, spec.name))
+        return self
+
+    def _validate_length(self) -> None:
+        """The rules between options: a length is seconds, or bpm and bars together."""
         if self.bars is not None or self.bpm is not None:
             if self.bars is None or self.bpm is None:
                 raise BadArgs("give both bpm and bars for a length in bars (or seconds alone)")
-            from bridge.tempo import check_tempo  # noqa: PLC0415 - avoids an import cycle
-
-            check_tempo(self.bpm, self.beats_per_bar)
-            if not (1 <= self.bars <= 512):
-                raise BadArgs(f"bars {self.bars} is out of range: give 1 to 512")
+            OPTIONS["bpm"].check(self.bpm)
+            if not OPTIONS["bars"].in_range(self.bars):
+                raise BadArgs(f"bars {self.bars} is out of range: it must be {OPTIONS['bars'].limits()}")
         elif self.seconds is None or self.seconds <= 0:
             raise BadArgs("give a length: seconds above 0, or bpm and bars")
-        if self.seconds is not None and not (0 <= self.seconds <= MAX_SECONDS):
-            raise BadArgs(f"seconds {self.seconds:g} is out of range: give up to {MAX_SECONDS:g} s")
-        return self._validate_sampling()
+        if not OPTIONS["seconds"].in_range(self.seconds):
+            raise BadArgs(f"seconds {self.seconds:g} is out of range: it must be {OPTIONS['seconds'].limits()}")
 
-    def _validate_sampling(self) -> Request:
-        if self.temperature <= 0:
-            raise BadArgs(f"temperature must be above 0, got {self.temperature:g}")
-        if self.guidance < 0 or self.guidance > 20:
-            raise BadArgs(f"guidance must be from 0 to 20, got {self.guidance:g} (3 is the usual)")
-        if self.top_k < 0:
-            raise BadArgs(f"top_k must be 0 or more, got {self.top_k}")
-        if not (0.0 <= self.top_p <= 1.0):
-            raise BadArgs(f"top_p must be from 0 to 1, got {self.top_p:g}")
-        if not (1 <= self.variations <= MAX_VARIATIONS):
-            raise BadArgs(f"variations must be from 1 to {MAX_VARIATIONS}, got {self.variations}")
-        if self.prompt_seconds is not None and not (0.5 <= self.prompt_seconds <= 30):
-            raise BadArgs(f"prompt_seconds must be from 0.5 to 30, got {self.prompt_seconds:g}")
-        if self.sample_rate is not None and not (8000 <= self.sample_rate <= 192000):
-            raise BadArgs(f"sample_rate must be from 8000 to 192000 Hz, got {self.sample_rate}")
-        if self.format not in FORMATS:
-            raise BadArgs(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.normalize not in NORMALIZE:
-            raise BadArgs(f"normalize must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
-        if self.seed is not None and not (0 <= self.seed < 2**63):
-            raise BadArgs(f"seed must be from 0 to 2**63-1, got {self.seed}")
-        return self
+
+_REQUEST_OPTIONS = frozenset(f.name for f in dataclasses.fields(Request)) & frozenset(OPTIONS)
+
+
+if __name__ == "__main__":
+    print(markdown())

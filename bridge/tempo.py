@@ -8,14 +8,15 @@ from bridge.errors import BadArgs
 
 MIN_BPM = 20.0
 MAX_BPM = 400.0
+MAX_BEATS_PER_BAR = 32
 
 
 def check_tempo(bpm: float, beats_per_bar: int = 4) -> None:
     """Raise BadArgs unless ``bpm`` and ``beats_per_bar`` are usable."""
     if not (MIN_BPM <= bpm <= MAX_BPM):
         raise BadArgs(f"bpm {bpm:g} is out of range: give a tempo between {MIN_BPM:g} and {MAX_BPM:g}")
-    if not (1 <= beats_per_bar <= 32):
-        raise BadArgs(f"beats_per_bar {beats_per_bar} is out of range: give 1 to 32 (4 for 4/4)")
+    if not (1 <= beats_per_bar <= MAX_BEATS_PER_BAR):
+        raise BadArgs(f"beats_per_bar {beats_per_bar} is out of range: give 1 to {MAX_BEATS_PER_BAR} (4 for 4/4)")
 
 
 def bar_seconds(bpm: float, beats_per_bar: int = 4) -> Fraction:

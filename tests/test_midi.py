@@ -215,6 +215,14 @@ def test_actions_steer_a_running_jam(mapper, fake_app):
     assert app.queued.jobs == []  # a running jam is steered, not restarted
 
 
+def test_a_knob_the_jam_cannot_use_only_shapes_the_next_preset(mapper, fake_app):
+    app = fake_app(jamming=True)
+    actions = MidiActions(app, mapper)
+    for action in (SetParam("variations", 3), SetParam("seconds", 4.0), SetParam("top_p", 0.5)):
+        actions.apply(action)
+    assert app.jam.changes == [{"top_p": 0.5}]  # not a warning on every turn of a variations knob
+
+
 def test_a_failing_action_is_logged_not_raised(mapper, fake_app, caplog):
     actions = MidiActions(fake_app(), mapper)
     actions.apply(FirePreset("lofi", "nope", {}))

@@ -38,7 +38,7 @@ from bridge.app.store import ResultStore
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
 from bridge.errors import BadArgs, Busy, Cancelled, Internal, NotFound
-from bridge.options import Request
+from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +205,15 @@ class JamController:
             return self._job_id
 
     def set(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Change the running jam from its next segment on; a ``preset`` key brings a preset's prompt."""
+        """Change the running jam from its next segment on; a ``preset`` key brings a preset's prompt and
+        sampling options (the jam keeps its tempo and bar length)."""
         changes = dict(changes)
         if "preset" in changes:
             bank, _, name = str(changes.pop("preset")).partition("/")
             if self.presets is None or not name:
                 raise BadArgs("preset wants bank/name, and the bridge needs --presets DIR")
             preset_request: Request = self.presets.request(bank, name, {})
-            changes = {"prompt": preset_request.prompt, "temperature": preset_request.temperature,
-                       "guidance": preset_request.guidance, "top_k": preset_request.top_k} | changes
+            changes = {"prompt": preset_request.prompt, **jam_fields(preset_request, groups=("sampling",))} | changes
         with self._lock:
             jam = self._jam
             if jam is None:
@@ -244,10 +244,7 @@ class JamController:
         engine = self.engine
         if engine is None:
             raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
-        settings = JamSettings(prompt=request.prompt, bpm=request.bpm or 120.0, bars=request.bars or 4,
-                               beats_per_bar=request.beats_per_bar, temperature=request.temperature,
-                               guidance=request.guidance, top_k=request.top_k, top_p=request.top_p,
-                               seed=request.seed if request.seed is not None else secrets.randbits(31)).check()
+        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **jam_fields(request)}).check()
         with self._lock:
             if self._jam is not None:
                 raise Busy(f"a jam is already running (job {self._job_id}): stop it first")

@@ -35,21 +35,20 @@ from typing import Any
 import yaml
 
 from bridge.errors import BadArgs, NotFound
-from bridge.options import MODES, OPTION_TYPES, Request, closest, convert_option
+from bridge.options import MODES, OPTIONS, SCOPES, Request, closest, convert_option, names
 
 __all__ = ["CcMapping", "MidiMap", "Preset", "PresetBank", "PresetLibrary", "load_bank"]
 
 TOP_KEYS = ("bank", "description", "defaults", "presets", "midi")
-OPTION_KEYS = tuple(k for k in OPTION_TYPES if k != "token")  # a secret has no place in a shared file
+OPTION_KEYS = names("preset")  # the options a bank may set, from the one option table
 TEXT_KEYS = ("prompt", "mode", "model", "clip")
-PRESET_KEYS = (*TEXT_KEYS, "seconds", "note", *OPTION_KEYS)
+PRESET_KEYS = (*TEXT_KEYS, "note", *OPTION_KEYS)
 DEFAULT_KEYS = tuple(k for k in PRESET_KEYS if k != "note")
-OVERRIDE_KEYS = (*DEFAULT_KEYS, "token")  # the token is checked by the server and dropped here
+OVERRIDE_KEYS = DEFAULT_KEYS
 MIDI_KEYS = ("channel", "notes", "cc", "program")
 CC_KEYS = ("param", "min", "max")
-CC_PARAMS = ("temperature", "guidance", "top_k", "top_p", "bars", "bpm", "seconds", "variations",
-             "prompt_seconds")
-INT_PARAMS = ("top_k", "bars", "variations")
+CC_PARAMS = names("midi")  # the options a CC may move
+INT_PARAMS = tuple(k for k in CC_PARAMS if OPTIONS[k].kind is int)  # a knob moves these in whole steps
 
 
 # -- loading with line numbers -------------------------------------------------------------------
@@ -127,7 +126,7 @@ class Preset:
     name: str
     prompt: str | None = None
     mode: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)  # typed, keys from OPTION_TYPES
+    options: Mapping[str, Any] = field(default_factory=dict)  # typed, keys from OPTION_KEYS
     seconds: float | None = None
     clip: str | None = None
     model: str | None = None
@@ -180,15 +179,13 @@ class PresetBank:
 
 def _typed_value(where: _Where, data: Mapping[Any, Any], key: str) -> Any:
     value = data[key]
-    if key in OPTION_TYPES:
+    if key in OPTION_KEYS:
         try:
-            return convert_option(key, value)
+            typed = _seconds(value) if key == "seconds" else convert_option(key, value, scope="preset")
+            OPTIONS[key].check(typed)
         except BadArgs as exc:
             raise BadArgs(f"{where(data, key)} {exc.message}") from None
-    if key == "seconds":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise BadArgs(f"{where(data, key)} seconds wants a length above 0, e.g. 8.0, got {value!r}")
-        return float(value)
+        return typed
     if key == "mode" and value not in MODES:
         raise BadArgs(f"{where(data, key)} mode must be one of {', '.join(MODES)}, got {value!r}"
                       f"{closest(str(value), MODES)}")
@@ -199,6 +196,13 @@ def _typed_value(where: _Where, data: Mapping[Any, Any], key: str) -> Any:
         raise BadArgs(f"{where(data, key)} {key} wants text, got {type(value).__name__} {value!r}"
                       + (" (quote it)" if isinstance(value, (int, float, bool)) else ""))
     return value
+
+
+def _seconds(value: Any) -> float:
+    """A bank's length: a YAML number above 0 (a layer that sets seconds sets the length)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise BadArgs(f"seconds wants a length above 0, e.g. 8.0, got {value!r}")
+    return float(value)
 
 
 def _layer(where: _Where, name: str, data: Mapping[Any, Any], allowed: tuple[str, ...], what: str) -> Preset:
@@ -241,6 +245,10 @@ def _midi(where: _Where, top: Mapping[Any, Any], presets: Mapping[str, Preset], 
             raise BadArgs(f"{where(section, number)} cc {number} wants {{param: ..., min: ..., max: ...}}")
         where.check_keys(spec, CC_KEYS, f"cc {number}")
         param = spec.get("param")
+        if isinstance(param, str) and param in OPTIONS and param not in CC_PARAMS:
+            where_set = " or ".join(SCOPES[s] for s in SCOPES if s in OPTIONS[param].scopes)
+            raise BadArgs(f"{where(spec, 'param')} cc {number} param {param!r} cannot be moved by a CC (it is set "
+                          f"{where_set}); a CC can move {', '.join(CC_PARAMS)}")
         if param not in CC_PARAMS:
             raise BadArgs(f"{where(spec, 'param')} cc {number} param {param!r} is not one of "
                           f"{', '.join(CC_PARAMS)}{closest(str(param), CC_PARAMS)}")
@@ -337,7 +345,6 @@ def _build(bank: PresetBank, preset: Preset, overrides: Mapping[str, Any], place
     elif length == "seconds":
         values.pop("bars", None)
         values.pop("bpm", None)  # bpm without bars would be half a length; the seconds say how long
-    values.pop("token", None)
     model = values.pop("model", None)
     mode = values.pop("mode", "text")
     clip = values.pop("clip", None)

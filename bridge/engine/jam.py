@@ -24,36 +24,37 @@ from bridge.engine.decoding import Sampling
 from bridge.engine.engine import Engine, GenerationSpec
 from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 from bridge.errors import BadArgs
-from bridge.options import closest, convert_option
+from bridge.options import OPTIONS, closest, convert_option, jam_default, names
 
 MAX_SEGMENT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
 class JamSettings:
-    """What the next segment is generated with; ``Jam.set`` swaps it for a changed copy."""
+    """What the next segment is generated with; ``Jam.set`` swaps it for a changed copy.
+
+    The prompt and the ``jam`` options of :data:`bridge.options.OPTIONS`, with the table's jam defaults.
+    """
 
     prompt: str = ""
-    bpm: float = 120.0
-    bars: int = 4
-    beats_per_bar: int = 4
-    temperature: float = 1.0
-    guidance: float = 3.0
-    top_k: int = 250
-    top_p: float = 0.0
-    seed: int = 0
-    context_seconds: float = 10.0
+    bpm: float = jam_default("bpm")
+    bars: int = jam_default("bars")
+    beats_per_bar: int = jam_default("beats_per_bar")
+    temperature: float = jam_default("temperature")
+    guidance: float = jam_default("guidance")
+    top_k: int = jam_default("top_k")
+    top_p: float = jam_default("top_p")
+    seed: int = jam_default("seed")
+    context_seconds: float = jam_default("context_seconds")
 
     def check(self) -> JamSettings:
-        tempo.check_tempo(self.bpm, self.beats_per_bar)
+        """Raise BadArgs (the same words as for a request) for a value out of range; return self."""
+        for name in names("jam"):
+            OPTIONS[name].check(getattr(self, name))
         seconds = float(tempo.bar_seconds(self.bpm, self.beats_per_bar)) * self.bars
-        if self.bars < 1 or seconds > MAX_SEGMENT_SECONDS:
+        if seconds > MAX_SEGMENT_SECONDS:
             raise BadArgs(f"a jam segment of {self.bars} bars at {self.bpm:g} bpm is {seconds:.1f} s: "
                           f"give 1 bar or more and at most {MAX_SEGMENT_SECONDS:g} s a segment")
-        if self.temperature <= 0 or not 0 <= self.guidance <= 20 or self.top_k < 0 or not 0 <= self.top_p <= 1:
-            raise BadArgs("jam sampling is out of range: temperature > 0, guidance 0..20, top_k >= 0, top_p 0..1")
-        if not 1.0 <= self.context_seconds <= 25.0:
-            raise BadArgs("context_seconds must be from 1 to 25")
         return self
 
 
@@ -98,12 +99,7 @@ class Jam:
                 if key not in _SETTABLE:
                     raise BadArgs(f"jam cannot set {key!r}{closest(key, _SETTABLE)}; it can set "
                                   f"{', '.join(sorted(_SETTABLE))}")
-                if key == "prompt":
-                    typed[key] = str(value)
-                elif key == "context_seconds":
-                    typed[key] = float(value)
-                else:
-                    typed[key] = convert_option(key, value)
+                typed[key] = str(value) if key == "prompt" else convert_option(key, value, scope="jam")
             self._pending = dataclasses.replace(base, **typed).check()
             return self._pending
 

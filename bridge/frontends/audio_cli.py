@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.config import PRECISION_HELP
+from bridge.frontends.cli_options import add_option_flags, options_from_args
+from bridge.options import names
 
 
 def add_parsers(sub: Any) -> None:
@@ -22,17 +24,12 @@ def add_parsers(sub: Any) -> None:
 
     jam = sub.add_parser("jam", help="keep continuing generated audio, live, in whole bars")
     jam.add_argument("prompt", help="the text prompt")
-    jam.add_argument("--bpm", type=float, default=120.0, help="tempo (default 120)")
-    jam.add_argument("--bars", type=int, default=4, help="bars a segment (default 4)")
-    jam.add_argument("--beats-per-bar", type=int, default=4, help="beats a bar (default 4)")
+    add_option_flags(jam, names("jam"), jam=True)
     jam.add_argument("--for", dest="for_seconds", type=float, default=None, help="stop after this many seconds "
                      "of audio (default: until Ctrl-C)")
     jam.add_argument("--audio-device", default=None, help="an index or part of a name (see `devices`)")
     jam.add_argument("--no-play", action="store_true", help="write the segments without playing them")
     jam.add_argument("--record", type=Path, default=None, help="write exactly what was played to this file")
-    jam.add_argument("--seed", type=int, default=0, help="seed of the first segment")
-    jam.add_argument("--temperature", type=float, default=1.0)
-    jam.add_argument("--guidance", type=float, default=3.0)
     jam.add_argument("--model", default=None, help="as for generate (default facebook/musicgen-small)")
     jam.add_argument("--device", default=None, help="auto, cpu, cuda, mps")
     jam.add_argument("--precision", default=None, help=PRECISION_HELP)
@@ -73,8 +70,7 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
-    options = {"bpm": args.bpm, "bars": args.bars, "beats_per_bar": args.beats_per_bar, "seed": args.seed,
-               "temperature": args.temperature, "guidance": args.guidance, "play": not args.no_play}
+    options = {**options_from_args(args, names("jam")), "play": not args.no_play}
     # room for the longest pre-roll a slow machine may need, started by the jam
     output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
     sys.stderr.write(f"loading {config.model} ...\n")

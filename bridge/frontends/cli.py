@@ -17,6 +17,8 @@ from typing import Any, NoReturn, TextIO
 from bridge import __version__
 from bridge.config import PRECISION_HELP
 from bridge.errors import BridgeError, exit_code
+from bridge.frontends.cli_options import add_option_flags, options_from_args
+from bridge.options import names
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,29 +63,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, type=Path, help="a YAML file of settings")
 
 
-def _add_generation_args(p: argparse.ArgumentParser, seconds_required: bool = False) -> None:
-    p.add_argument("--seconds", type=float, default=None, help="length in seconds" +
-                   (" (or --bpm and --bars)" if not seconds_required else ""))
-    p.add_argument("--bpm", type=float, default=None, help="tempo; with --bars the length is exact to the sample")
-    p.add_argument("--bars", type=int, default=None, help="length in whole bars at --bpm")
-    p.add_argument("--beats-per-bar", type=int, default=None, help="beats in a bar (default 4)")
-    p.add_argument("--seed", type=int, default=None, help="same seed, same audio")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default 3)")
-    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k sampling (default 250, 0 off)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default 0 = off)")
-    p.add_argument("--variations", type=int, default=None, help="results from one batched call (default 1)")
-    p.add_argument("--name", default=None, help="file name under the output folder")
-    p.add_argument("--sample-rate", type=int, default=None, help="output rate (default: model rate; "
-                   "for continue, the clip's rate)")
-    p.add_argument("--format", default=None, choices=["wav", "flac"], help="wav (default) or flac")
-    p.add_argument("--normalize", default=None, choices=["off", "peak", "lufs"], help="loudness (default off; "
-                   "never clips)")
+#: the options only ``continue`` has flags for; every other ``cli`` option is a flag of every one-shot command
+_CONTINUE_ONLY = ("prompt_seconds", "include_prompt")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    add_option_flags(p, [name for name in names("cli") if name not in _CONTINUE_ONLY])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-_OPTION_ARGS = ("seed", "guidance", "temperature", "top_k", "top_p", "bpm", "bars", "beats_per_bar",
-                "variations", "name", "sample_rate", "format", "normalize", "prompt_seconds", "include_prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,10 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     cont = sub.add_parser("continue", help="continue a clip (the output follows the clip, sample-aligned)")
     cont.add_argument("clip", help="the audio file to continue")
     cont.add_argument("prompt", nargs="?", default="", help="an optional text prompt")
-    cont.add_argument("--prompt-seconds", type=float, default=None, help="how much of the clip's end to use as "
-                      "the prompt (default: whole bars near 8 s with --bpm, else 8 s)")
-    cont.add_argument("--include-prompt", action="store_true", help="write the original clip followed by the "
-                      "new audio, crossfaded at the seam")
+    add_option_flags(cont, _CONTINUE_ONLY)
     _add_generation_args(cont)
     _add_model_args(cont)
 
@@ -131,12 +114,8 @@ def _add_optional_commands(sub: Any) -> None:
 
 
 def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    options = {}
-    for key in _OPTION_ARGS:
-        value = getattr(args, key, None)
-        if value is not None and value is not False:
-            options[key] = value
-    return options
+    """The options given as flags; ``--seconds`` is the length argument, passed on its own."""
+    return options_from_args(args, [name for name in names("cli") if name != "seconds"])
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:

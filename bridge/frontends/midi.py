@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 from bridge.app.jobs import JobKind
 from bridge.app.presets import PresetBank, PresetLibrary
 from bridge.errors import BadArgs, BridgeError, NotFound
+from bridge.options import jam_fields, names
 from bridge.tempo import MAX_BPM, MIN_BPM
 
 __all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "SetParam", "SetTempo", "SwitchBank",
@@ -46,7 +47,7 @@ class FirePreset:
 
 @dataclass(frozen=True)
 class SetParam:
-    """A knob moved: ``name`` (an option) is now ``value`` for the next preset and a running jam."""
+    """A knob moved: ``name`` (an option) is now ``value`` for the next preset (and a running jam, if it can use it)."""
 
     name: str
     value: float | int
@@ -209,7 +210,7 @@ class MidiActions:
         if isinstance(action, FirePreset):
             request = self.app.bridge.preset_request(action.bank, action.preset, action.options)
             self.app.jobs.submit(request, kind=JobKind.PRESET)
-        elif isinstance(action, SetParam) and jam.running:
+        elif isinstance(action, SetParam) and action.name in names("jam") and jam.running:
             jam.set({action.name: action.value})
         elif isinstance(action, SetTempo) and jam.running:
             jam.set({"bpm": action.bpm})
@@ -222,10 +223,8 @@ class MidiActions:
             if self.mapper.tempo is not None:
                 options["bpm"] = self.mapper.tempo
             preset = self.app.bridge.preset_request(bank.name, first, options)
-            settings = {key: getattr(preset, key) for key in (
-                "seed", "guidance", "temperature", "top_k", "top_p", "bpm", "bars", "beats_per_bar")}
             request = self.app.bridge.make_request("jam", preset.prompt, None, None,
-                                                   {k: v for k, v in settings.items() if v is not None} | {"play": True})
+                                                   jam_fields(preset) | {"play": True})
             self.app.jobs.submit(request, kind=JobKind.JAM)
 
 
