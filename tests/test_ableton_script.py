@@ -205,8 +205,7 @@ def test_mg_on_a_midi_clip_lands_bar_exact_on_the_audio_track_to_the_right(
     assert sf.info(placed.file_path).frames == round(beats * 60 / tempo * 32000)
     _pinned(placed, beats, placed.file_path)
     [request] = session.requests()
-    assert "/musicgen/generate 'dusty lofi keys': %d bars at %g bpm, %d beats a bar" % (
-        bars, bar.bpm, bar.beats_per_bar) in request
+    assert f"/musicgen/generate 'dusty lofi keys': {bars} bars at {bar.bpm:g} bpm, {bar.beats_per_bar} beats a bar" in request
     assert any("is on track 'dusty lofi keys', scene 2" in m for m in session.c_instance.messages)
 
 

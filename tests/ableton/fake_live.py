@@ -8,6 +8,7 @@ stub test in tests/test_ableton_stubs.py keeps every other name true to ableton-
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
 from collections.abc import Callable
@@ -227,7 +228,7 @@ class Clip(Listeners):
         self._audio_only()
         markers = [m for m in self._markers if abs(m.beat_time - warp_marker.beat_time) > 1e-9] + [warp_marker]
         markers.sort(key=lambda m: m.beat_time)
-        if all(a.sample_time < b.sample_time for a, b in zip(markers, markers[1:])):
+        if all(a.sample_time < b.sample_time for a, b in itertools.pairwise(markers)):
             self._markers = markers
 
     def remove_warp_marker(self, beat_time: float, /) -> None:
@@ -485,7 +486,7 @@ class ControlSurface:
         self._c_instance.show_message(message)
 
     def log_message(self, *message: object) -> None:
-        self._c_instance.log_message("(%s) %s" % (type(self).__name__, " ".join(map(str, message))))
+        self._c_instance.log_message("({}) {}".format(type(self).__name__, " ".join(map(str, message))))
 
     def update_display(self) -> None:
         pass

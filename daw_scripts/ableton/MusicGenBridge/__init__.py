@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .surface import MusicGenBridge
 
-def create_instance(c_instance: Any) -> Any:
+
+def create_instance(c_instance: Any) -> MusicGenBridge:
     """Live's entry point: one control surface per set."""
-    from .surface import MusicGenBridge
-
     return MusicGenBridge(c_instance)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import placing
 from .link import BridgeLink
@@ -32,7 +32,7 @@ SERVE = "start it with `musicgen-bridge serve`"
 class Job:
     """One request made from a prompt clip, and where its result goes."""
 
-    def __init__(self, job_id: str, request: PromptName, clip: Clip, track: Track, slot: Optional[ClipSlot],
+    def __init__(self, job_id: str, request: PromptName, clip: Clip, track: Track, slot: ClipSlot | None,
                  bar: placing.Meter, bars: int, position: float, sent_at: float) -> None:
         self.id = job_id
         self.request = request
@@ -44,8 +44,8 @@ class Job:
         self.position = position  # arrangement: where the result starts, in beats
         self.sent_at = sent_at
         self.answered = False
-        self.message: Tuple[str, List[Value]] = ("", [])  # the request, sent again if a restarted bridge lost it
-        self.shown: Optional[str] = None
+        self.message: tuple[str, list[Value]] = ("", [])  # the request, sent again if a restarted bridge lost it
+        self.shown: str | None = None
         self.segments = 0
 
     @property
@@ -63,26 +63,26 @@ class Controller:
         self._log = log
         self._show = show
         self._clock = clock
-        self.jobs: List[Job] = []
-        self._listeners: List[Tuple[Any, str, Callable[[], None]]] = []
-        self._name_events: List[Tuple[Clip, Track, Optional[ClipSlot]]] = []
-        self._play_events: List[Tuple[Clip, Track, ClipSlot]] = []
-        self._written: List[Tuple[Clip, str]] = []
+        self.jobs: list[Job] = []
+        self._listeners: list[tuple[Any, str, Callable[[], None]]] = []
+        self._name_events: list[tuple[Clip, Track, ClipSlot | None]] = []
+        self._play_events: list[tuple[Clip, Track, ClipSlot]] = []
+        self._written: list[tuple[Clip, str]] = []
         self._rescan_needed = True
-        self._connected: Optional[bool] = None
+        self._connected: bool | None = None
         self._last_heard = self._last_ping = -1e9  # long ago, whatever the clock's origin
         self._pinged = False
-        self._ids = "live-%06x" % random.randrange(1 << 24)
+        self._ids = f"live-{random.randrange(1 << 24):06x}"
         self._count = 0
-        self.link: Optional[BridgeLink] = None
+        self.link: BridgeLink | None = None
         try:
             self.link = BridgeLink(settings.host, settings.port, settings.token)
         except OSError as exc:
-            self.say("cannot open a UDP socket (%s): check the host setting, then reload the control surface" % exc)
+            self.say(f"cannot open a UDP socket ({exc}): check the host setting, then reload the control surface")
 
     @property
     def where(self) -> str:
-        return "%s:%d" % (self.settings.host, self.settings.port)
+        return f"{self.settings.host}:{self.settings.port}"
 
     def say(self, message: str) -> None:
         """A message on Live's status bar, logged too."""
@@ -103,9 +103,9 @@ class Controller:
             self._last_heard = now
             self._on_reply(address, args)
         for job in [j for j in self.jobs if not j.answered and now - j.sent_at > self.settings.answer_timeout]:
-            token = " (a bridge started with --token also needs the token setting)"
-            self._fail(job, "no_bridge", "the bridge did not answer at %s within %g s: %s%s, then rename the clip "
-                       "to try again" % (self.where, self.settings.answer_timeout, SERVE, token))
+            waited = self.settings.answer_timeout
+            self._fail(job, "no_bridge", f"the bridge did not answer at {self.where} within {waited:g} s: {SERVE} (one "
+                       "started with --token also needs the token setting), then rename the clip to try again")
 
     def close(self) -> None:
         """Live is closing the set or the control surface: stop what runs and let go of everything."""
@@ -124,13 +124,13 @@ class Controller:
     # -- watching the set -------------------------------------------------------------------------
 
     def _listen(self, subject: Any, prop: str, callback: Callable[[], None]) -> None:
-        getattr(subject, "add_%s_listener" % prop)(callback)
+        getattr(subject, f"add_{prop}_listener")(callback)
         self._listeners.append((subject, prop, callback))
 
     def _unlisten_all(self) -> None:
         for subject, prop, callback in self._listeners:
             try:
-                getattr(subject, "remove_%s_listener" % prop)(callback)
+                getattr(subject, f"remove_{prop}_listener")(callback)
             except RuntimeError:  # the object is gone from the set already
                 continue
         self._listeners = []
@@ -138,7 +138,7 @@ class Controller:
     def _structure_changed(self) -> None:
         self._rescan_needed = True
 
-    def _on_name_change(self, clip: Clip, track: Track, slot: Optional[ClipSlot]) -> Callable[[], None]:
+    def _on_name_change(self, clip: Clip, track: Track, slot: ClipSlot | None) -> Callable[[], None]:
         return lambda: self._name_events.append((clip, track, slot))
 
     def _on_play_change(self, clip: Clip, track: Track, slot: ClipSlot) -> Callable[[], None]:
@@ -187,7 +187,7 @@ class Controller:
             except RuntimeError:
                 continue
 
-    def _renamed(self, clip: Clip, track: Track, slot: Optional[ClipSlot], name: str) -> None:
+    def _renamed(self, clip: Clip, track: Track, slot: ClipSlot | None, name: str) -> None:
         request = parse_name(name)
         jam = self._jam()
         if jam is not None and jam.clip == clip:
@@ -195,7 +195,7 @@ class Controller:
                 self._send("/musicgen/jam/set", ["prompt", request.prompt])
                 state, jam.request, jam.shown = jam.shown or JAMMING, request, None
                 self._set_state(jam, state)
-                self.say("the jam takes the prompt '%s' from its next segment" % request.prompt)
+                self.say(f"the jam takes the prompt '{request.prompt}' from its next segment")
             return
         for job in [j for j in self.jobs if j.clip == clip]:  # a renamed clip asks again: drop the old request
             self._send("/musicgen/cancel", [job.id])
@@ -203,7 +203,7 @@ class Controller:
         if request is not None and request.kind != JAM:
             self._asked(request, clip, track, slot)
 
-    def _jam(self) -> Optional[Job]:
+    def _jam(self) -> Job | None:
         return next((j for j in self.jobs if j.request.kind == JAM), None)
 
     def _play_changed(self, clip: Clip, track: Track, slot: ClipSlot) -> None:
@@ -218,16 +218,16 @@ class Controller:
         if request is None or request.kind != JAM or not clip.is_playing:
             return
         if jam is not None:
-            self.say("a jam is already running from %s: stop that clip first" % jam.label)
+            self.say(f"a jam is already running from {jam.label}: stop that clip first")
             return
         self._asked(request, clip, track, slot)
 
     # -- asking the bridge ------------------------------------------------------------------------
 
-    def _send(self, address: str, args: List[Value]) -> bool:
+    def _send(self, address: str, args: list[Value]) -> bool:
         return self.link is not None and self.link.send(address, args)
 
-    def _asked(self, request: PromptName, clip: Clip, track: Track, slot: Optional[ClipSlot]) -> None:
+    def _asked(self, request: PromptName, clip: Clip, track: Track, slot: ClipSlot | None) -> None:
         """A prompt clip asks for something: send the request and show that it is queued."""
         kind = request.kind
         song = self.song
@@ -237,19 +237,19 @@ class Controller:
         if slot is None:
             position = clip.end_time if kind == CONTINUE else clip.start_time
         self._count += 1
-        job = Job("%s-%d" % (self._ids, self._count), request, clip, track, slot, bar, bars, position,
+        job = Job(f"{self._ids}-{self._count}", request, clip, track, slot, bar, bars, position,
                   self._clock())
         self.jobs.append(job)
         if kind == JAM and slot is None:
             return self._fail(job, "bad_args", "a jam clip works in Session view: launch it there")
-        source: List[Value] = []
+        source: list[Value] = []
         if kind in (CONTINUE, MELODY):
             path = clip.file_path if clip.is_audio_clip else ""
             if not path:
-                return self._fail(job, "bad_args", "%s needs an audio clip: name an audio clip `%s`"
-                                  % (request.head.split(":")[0] + ":", request.head))
+                mark = request.head.split(":")[0] + ":"
+                return self._fail(job, "bad_args", f"{mark} needs an audio clip: name an audio clip `{request.head}`")
             source = [path]
-        tempo: List[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
+        tempo: list[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
         if kind == JAM:
             args = [job.id, request.prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
         else:
@@ -259,12 +259,12 @@ class Controller:
         job.message = (ADDRESSES[kind], args)
         if not self._send(ADDRESSES[kind], args):
             reason = self.link.last_error if self.link is not None else "no socket"
-            return self._fail(job, "no_bridge", "%s: check the host and port settings" % reason)
+            return self._fail(job, "no_bridge", f"{reason}: check the host and port settings")
         self._set_state(job, JAMMING if kind == JAM else QUEUED)
-        self._log("MusicGenBridge: request %s %s %s: %d bars at %g bpm, %d beats a bar%s" % (
-            job.id, ADDRESSES[kind], job.label, bars, bar.bpm, bar.beats_per_bar,
-            " from " + str(source[0]) if source else ""))
-        self._show("MusicGen: asked for %d bars of %s for %s" % (bars, WHAT[kind], job.label))
+        origin = f" from {source[0]!s}" if source else ""
+        self._log(f"MusicGenBridge: request {job.id} {ADDRESSES[kind]} {job.label}: {bars} bars at {bar.bpm:g} bpm, "
+                  f"{bar.beats_per_bar} beats a bar{origin}")
+        self._show(f"MusicGen: asked for {bars} bars of {WHAT[kind]} for {job.label}")
         return None
 
     def _keep_registered(self, now: float) -> None:
@@ -274,7 +274,7 @@ class Controller:
             return
         if now - self._last_heard > self.settings.ping_seconds * 1.5:
             if self._connected is not False and self._pinged:  # silent since the last ping, not just started
-                self.say("no answer from the bridge at %s: %s (the script keeps trying)" % (self.where, SERVE))
+                self.say(f"no answer from the bridge at {self.where}: {SERVE} (the script keeps trying)")
                 self._connected = False
             self._send("/musicgen/notify", [self.link.port])
         self._send("/musicgen/ping", [])
@@ -282,18 +282,18 @@ class Controller:
 
     # -- what the bridge says ---------------------------------------------------------------------
 
-    def _job(self, args: List[Value], index: int) -> Optional[Job]:
+    def _job(self, args: list[Value], index: int) -> Job | None:
         job_id = args[index] if index < len(args) else None
         return next((j for j in self.jobs if j.id == job_id), None)
 
-    def _on_reply(self, address: str, args: List[Value]) -> None:
+    def _on_reply(self, address: str, args: list[Value]) -> None:
         if address in ("/musicgen/pong", "/musicgen/notify") and self._connected is not True:
             if address == "/musicgen/notify" and (not args or args[0] != (self.link.port if self.link else None)):
                 return
             self._connected = True
-            self.say("connected to the bridge at %s" % self.where)
-            for job in self.jobs:  # after a restart the bridge may have forgotten them, or never seen them
-                self._send("/musicgen/job", [job.id])
+            self.say(f"connected to the bridge at {self.where}")
+            for pending in self.jobs:  # after a restart the bridge may have forgotten them, or never seen them
+                self._send("/musicgen/job", [pending.id])
             return
         if address in ("/musicgen/done", "/musicgen/fail"):
             job = self._job(args, 1)
@@ -316,14 +316,14 @@ class Controller:
         if address == "/musicgen/progress":
             if job.request.kind != JAM:
                 self._set_state(job, percent(first_float(args, 1)))
-            self._show("MusicGen: %s %d%%" % (job.label, int(first_float(args, 1) * 100)))
+            self._show(f"MusicGen: {job.label} {int(first_float(args, 1) * 100)}%")
         elif address == "/musicgen/queued" and first_float(args, 1) > 0:
-            self._show("MusicGen: %s waits behind %d other requests" % (job.label, int(first_float(args, 1))))
+            self._show(f"MusicGen: {job.label} waits behind {int(first_float(args, 1))} other requests")
         elif address == "/musicgen/jam/segment":
             job.segments += 1
-            self._show("MusicGen: jam segment %d of %s is ready" % (job.segments, job.label))
+            self._show(f"MusicGen: jam segment {job.segments} of {job.label} is ready")
         elif address == "/musicgen/warning" and len(args) > 1:
-            self.say("%s: %s" % (job.label, args[1]))
+            self.say(f"{job.label}: {args[1]!s}")
         elif address == "/musicgen/job" and len(args) > 3:
             state, paths = args[1], args[3:]
             if state == "done" and paths:
@@ -346,8 +346,8 @@ class Controller:
         if job in self.jobs:
             self.jobs.remove(job)
         self._set_state(job, code)
-        self._show("MusicGen: %s: %s %s" % (job.label, code, message))
-        self._log("MusicGenBridge: failed %s %s: %s %s" % (job.id, job.label, code, message))
+        self._show(f"MusicGen: {job.label}: {code} {message}")
+        self._log(f"MusicGenBridge: failed {job.id} {job.label}: {code} {message}")
 
     def _done(self, job: Job, path: str, seconds: float) -> None:
         """Put the result into the set, pinned to its bars, and mark the prompt clip done."""
@@ -357,7 +357,7 @@ class Controller:
         beats = job.bars * job.bar.quarters_per_bar
         try:
             if not os.path.isabs(path):
-                raise placing.NotPlaced("the bridge sent %r, not an absolute path" % path)
+                raise placing.NotPlaced(f"the bridge sent {path!r}, not an absolute path")
             clip, where = self._place(job, path, beats)
         except placing.NotPlaced as exc:
             return self._fail(job, "not_placed", str(exc))
@@ -370,11 +370,12 @@ class Controller:
         if job in self.jobs:
             self.jobs.remove(job)
         self._set_state(job, DONE)
-        self._log("MusicGenBridge: done %s: %s -> %s" % (job.id, path, where))
-        self.say("%s is on %s (%d bars)%s" % (job.label, where, job.bars, "; " + problem if problem else ""))
+        self._log(f"MusicGenBridge: done {job.id}: {path} -> {where}")
+        note = "; " + problem if problem else ""
+        self.say(f"{job.label} is on {where} ({job.bars} bars){note}")
         return None
 
-    def _place(self, job: Job, path: str, beats: float) -> Tuple[Optional[Clip], str]:
+    def _place(self, job: Job, path: str, beats: float) -> tuple[Clip | None, str]:
         song, name = self.song, job.request.prompt or "MusicGen"
         continuing = job.request.kind == CONTINUE
         if job.slot is not None:
@@ -382,4 +383,4 @@ class Controller:
             return placing.put_in_slot(slot, path), where
         track = placing.arrangement_target(song, job.track, job.position, beats, continuing, name)
         bar = int(job.position / job.bar.quarters_per_bar + placing.EPSILON) + 1
-        return placing.put_in_arrangement(track, path, job.position), "track '%s' at bar %d" % (track.name, bar)
+        return placing.put_in_arrangement(track, path, job.position), f"track '{track.name}' at bar {bar}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from typing import List, Optional, Tuple
 
 from .osc import OscError, Value, decode_message, encode_message
 
@@ -22,25 +21,25 @@ class BridgeLink:
         self.address = (host, port)
         self.token = token
         self.malformed = 0
-        self.last_error: Optional[str] = None
+        self.last_error: str | None = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         # The bridge answers the host a request came from: off loopback, listen on every interface.
         self.sock.bind(("127.0.0.1" if host in LOOPBACK else "", 0))
         self.port = int(self.sock.getsockname()[1])
 
-    def send(self, address: str, args: List[Value]) -> bool:
+    def send(self, address: str, args: list[Value]) -> bool:
         """Send one message (with the token when one is set); False, and ``last_error``, when it failed."""
         if self.token:
-            args = list(args) + ["token", self.token]
+            args = [*list(args), "token", self.token]
         try:
             self.sock.sendto(encode_message(address, args), self.address)
         except (OSError, OscError) as exc:  # OSError covers an unknown host name too (socket.gaierror)
-            self.last_error = "cannot send to %s:%d (%s)" % (self.address[0], self.address[1], exc)
+            self.last_error = f"cannot send to {self.address[0]}:{self.address[1]} ({exc})"
             return False
         return True
 
-    def receive(self, limit: int = 256) -> List[Tuple[str, List[Value]]]:
+    def receive(self, limit: int = 256) -> list[tuple[str, list[Value]]]:
         """The messages waiting at the port, at most ``limit`` (the rest wait for the next tick)."""
         messages = []
         for _ in range(limit):
@@ -51,7 +50,7 @@ class BridgeLink:
             except ConnectionResetError:  # Windows reports a closed port of an earlier send this way
                 continue
             except OSError as exc:
-                self.last_error = "cannot read replies (%s)" % exc
+                self.last_error = f"cannot read replies ({exc})"
                 break
             try:
                 messages.append(decode_message(data))

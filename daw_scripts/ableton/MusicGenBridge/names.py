@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 GENERATE, CONTINUE, MELODY, JAM = "generate", "continue", "melody", "jam"
 _MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM}
@@ -17,20 +17,20 @@ class PromptName(NamedTuple):
 
     kind: str
     prompt: str
-    state: Optional[str]  # None: not asked yet
+    state: str | None  # None: not asked yet
 
     @property
     def head(self) -> str:
         """The name without its state: `mg: dusty lofi keys`."""
-        mark = [m for m, k in _MARKS.items() if k == self.kind][0]
-        return ("mg%s: %s" % (mark, self.prompt)).rstrip()
+        mark = next(m for m, k in _MARKS.items() if k == self.kind)
+        return (f"mg{mark}: {self.prompt}").rstrip()
 
     def with_state(self, state: str) -> str:
         """The clip's name showing ``state``: `mg: dusty lofi keys [42%]`."""
-        return "%s [%s]" % (self.head, state)
+        return f"{self.head} [{state}]"
 
 
-def parse_name(name: str) -> Optional[PromptName]:
+def parse_name(name: str) -> PromptName | None:
     """The request a clip name makes, or None when it is an ordinary clip name."""
     found = _NAME.match(name or "")
     if found is None:
@@ -45,4 +45,4 @@ def parse_name(name: str) -> Optional[PromptName]:
 
 def percent(progress: float) -> str:
     """Progress in tens of percent, so a job renames its clip (an undo step in Live) ten times at most."""
-    return "%d%%" % (int(max(0.0, min(1.0, progress)) * 10) * 10)
+    return f"{int(max(0.0, min(1.0, progress)) * 10) * 10}%"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Tuple, Union
+from typing import Union
 
 Value = Union[str, int, float, bool, bytes, None]
 INT32 = (-(2**31), 2**31 - 1)
@@ -21,7 +21,7 @@ def _blob(data: bytes) -> bytes:
     return struct.pack(">i", len(data)) + data + b"\0" * (-len(data) % 4)
 
 
-def encode_message(address: str, args: List[Value]) -> bytes:
+def encode_message(address: str, args: list[Value]) -> bytes:
     """One OSC message: str as ``s``, bool as ``T``/``F``, int as ``i`` (``h`` past 32 bits), float as ``f``."""
     tags = ","
     body = b""
@@ -42,18 +42,18 @@ def encode_message(address: str, args: List[Value]) -> bytes:
         elif value is None:
             tags += "N"
         else:
-            raise OscError("cannot send a %s over OSC" % type(value).__name__)
+            raise OscError(f"cannot send a {type(value).__name__} over OSC")
     return _pad(address.encode("utf-8")) + _pad(tags.encode("ascii")) + body
 
 
-def _read_string(data: bytes, pos: int) -> Tuple[str, int]:
+def _read_string(data: bytes, pos: int) -> tuple[str, int]:
     end = data.find(b"\0", pos)
     if end < 0:
         raise OscError("a string is not terminated")
     try:
         text = data[pos:end].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise OscError("a string is not UTF-8: %s" % exc) from exc
+        raise OscError(f"a string is not UTF-8: {exc}") from exc
     return text, end + 4 - (end % 4)
 
 
@@ -61,7 +61,7 @@ _FIXED = {"i": (">i", 4), "h": (">q", 8), "f": (">f", 4), "d": (">d", 8)}
 _CONSTANT = {"T": True, "F": False, "N": None}
 
 
-def decode_message(data: bytes) -> Tuple[str, List[Value]]:
+def decode_message(data: bytes) -> tuple[str, list[Value]]:
     """The address and arguments of one OSC message; raises OscError for anything else (bundles too)."""
     if not data.startswith(b"/"):
         raise OscError("not an OSC message (no leading /)")
@@ -71,7 +71,7 @@ def decode_message(data: bytes) -> Tuple[str, List[Value]]:
     tags, pos = _read_string(data, pos)
     if not tags.startswith(","):
         raise OscError("no type tags")
-    args: List[Value] = []
+    args: list[Value] = []
     for tag in tags[1:]:
         if tag in _FIXED:
             fmt, size = _FIXED[tag]
@@ -93,13 +93,13 @@ def decode_message(data: bytes) -> Tuple[str, List[Value]]:
         elif tag in _CONSTANT:
             args.append(_CONSTANT[tag])
         else:
-            raise OscError("unknown type tag %r" % tag)
+            raise OscError(f"unknown type tag {tag!r}")
     return address, args
 
 
-def first_float(args: List[Value], index: int, default: float = 0.0) -> float:
+def first_float(args: list[Value], index: int, default: float = 0.0) -> float:
     """``args[index]`` as a float when it is a number, else ``default``."""
-    value: Optional[Value] = args[index] if index < len(args) else None
+    value: Value | None = args[index] if index < len(args) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return default

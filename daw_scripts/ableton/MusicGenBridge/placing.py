@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import Live
 
@@ -35,7 +35,7 @@ class Meter(NamedTuple):
 def meter(tempo: float, numerator: int, denominator: int) -> Meter:
     quarters = numerator * 4.0 / max(1, denominator)
     if abs(quarters - round(quarters)) < EPSILON:
-        return Meter(float(tempo), int(round(quarters)), quarters)
+        return Meter(float(tempo), round(quarters), quarters)
     return Meter(tempo * denominator / 4.0, int(numerator), quarters)
 
 
@@ -77,7 +77,7 @@ def audio_track_right_of(song: Song, index: int, is_free: Callable[[Track], bool
     return track
 
 
-def session_target(song: Song, track: Track, slot: ClipSlot, next_scene: bool, name: str) -> Tuple[ClipSlot, str]:
+def session_target(song: Song, track: Track, slot: ClipSlot, next_scene: bool, name: str) -> tuple[ClipSlot, str]:
     """The slot for a result of the clip in ``slot``: the same scene on an audio track to the right,
     or (``next_scene``) the next scene on the same track, inserting a scene when that slot is taken."""
     track_index = index_of(list(song.tracks), track)
@@ -88,9 +88,9 @@ def session_target(song: Song, track: Track, slot: ClipSlot, next_scene: bool, n
         target = scene + 1
         if target >= len(song.scenes) or track.clip_slots[target].has_clip:
             song.create_scene(target)
-        return track.clip_slots[target], "track '%s', scene %d" % (track.name, target + 1)
+        return track.clip_slots[target], f"track '{track.name}', scene {target + 1}"
     found = audio_track_right_of(song, track_index, lambda t: not t.clip_slots[scene].has_clip, name)
-    return found.clip_slots[scene], "track '%s', scene %d" % (found.name, scene + 1)
+    return found.clip_slots[scene], f"track '{found.name}', scene {scene + 1}"
 
 
 def _arrangement_is_free(track: Track, start: float, end: float) -> bool:
@@ -111,24 +111,24 @@ def arrangement_target(song: Song, track: Track, start: float, beats: float, sam
 
 def put_in_slot(slot: ClipSlot, path: str) -> Clip:
     if not hasattr(slot, "create_audio_clip"):
-        raise NotPlaced("this Live cannot put a file into a clip slot from a script (%s): the file is at %s; "
-                        "drag it into the set" % (NEEDS, path))
+        raise NotPlaced(f"this Live cannot put a file into a clip slot from a script ({NEEDS}): the file is at {path}; "
+                        "drag it into the set")
     try:
         return slot.create_audio_clip(path)
     except RuntimeError as exc:
-        raise NotPlaced("Live refused the file (%s): it is at %s" % (exc, path)) from exc
+        raise NotPlaced(f"Live refused the file ({exc}): it is at {path}") from exc
 
 
-def put_in_arrangement(track: Track, path: str, position: float) -> Optional[Clip]:
+def put_in_arrangement(track: Track, path: str, position: float) -> Clip | None:
     """Place the file at ``position`` (beats); the clip, found by its file where Live (before 12.2)
     does not return it, or None."""
     if not hasattr(track, "create_audio_clip"):
-        raise NotPlaced("this Live cannot put a file into the arrangement from a script (%s): the file is at "
-                        "%s; drag it in at the prompt clip" % (NEEDS, path))
+        raise NotPlaced(f"this Live cannot put a file into the arrangement from a script ({NEEDS}): the file is at "
+                        f"{path}; drag it in at the prompt clip")
     try:
         clip = track.create_audio_clip(path, position)
     except RuntimeError as exc:
-        raise NotPlaced("Live refused the file (%s): it is at %s" % (exc, path)) from exc
+        raise NotPlaced(f"Live refused the file ({exc}): it is at {path}") from exc
     if clip is not None:
         return clip
     for placed in track.arrangement_clips:
@@ -137,7 +137,7 @@ def put_in_arrangement(track: Track, path: str, position: float) -> Optional[Cli
     return None
 
 
-def pin_to_bars(clip: Clip, beats: float, seconds: float) -> Optional[str]:
+def pin_to_bars(clip: Clip, beats: float, seconds: float) -> str | None:
     """Warp ``clip`` so it spans exactly ``beats`` at any tempo: warping on, loop and markers on the
     bars, one warp marker pinning beat 0 to the file's first sample and one pinning the last beat to
     its end (Live's auto-warp guesses are removed). None, or what could not be done."""
@@ -155,12 +155,12 @@ def pin_to_bars(clip: Clip, beats: float, seconds: float) -> Optional[str]:
             try:
                 clip.add_warp_marker(Live.Clip.WarpMarker(sample_time, beat_time))
             except RuntimeError as exc:
-                problem = "Live refused a warp marker (%s)" % exc
+                problem = f"Live refused a warp marker ({exc})"
         inside = [(m.beat_time, m.sample_time) for m in clip.warp_markers if m.beat_time < beats + EPSILON]
         pinned = len(inside) == 2 and all(abs(b - wb) < EPSILON and abs(s - ws) < EPSILON
                                           for (b, s), (wb, ws) in zip(inside, ((0.0, 0.0), (beats, end_seconds))))
         if not pinned and problem is None:
-            problem = "the warp markers are %s, not beat 0 and %g at the file's ends" % (inside, beats)
+            problem = f"the warp markers are {inside}, not beat 0 and {beats:g} at the file's ends"
     else:
         problem = "this Live cannot set warp markers from a script, so Live's own warping stays"
     # Ends before starts, so the start never passes the end on the way.

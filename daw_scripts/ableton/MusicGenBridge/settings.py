@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Mapping, NamedTuple
 
 FILE_NAME = "settings.json"
 
@@ -37,12 +37,12 @@ def _convert(key: str, value: Any) -> Any:
     return number
 
 
-def load_settings(folder: str, environ: Mapping[str, str]) -> Tuple[Settings, Optional[str]]:
+def load_settings(folder: str, environ: Mapping[str, str]) -> tuple[Settings, str | None]:
     """The settings and, when something in them was unusable, a message saying what and where."""
-    found: Dict[str, Any] = {}
+    found: dict[str, Any] = {}
     problems = []
     path = os.path.join(folder, FILE_NAME)
-    from_file: Dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as handle:
@@ -51,9 +51,10 @@ def load_settings(folder: str, environ: Mapping[str, str]) -> Tuple[Settings, Op
                 raise ValueError("it is not a JSON object")
             from_file = loaded
         except (OSError, ValueError) as exc:
-            problems.append("%s could not be read (%s): fix it or delete it" % (path, exc))
+            problems.append(f"{path} could not be read ({exc}): fix it or delete it")
     for key in sorted(set(from_file) - set(_ENV)):
-        problems.append("%s: unknown setting %r (known: %s)" % (path, key, ", ".join(sorted(_ENV))))
+        known = ", ".join(sorted(_ENV))
+        problems.append(f"{path}: unknown setting {key!r} (known: {known})")
     for key, env in _ENV.items():
         where, value = (path, from_file[key]) if key in from_file else (env, environ.get(env, ""))
         if value == "":
@@ -61,6 +62,5 @@ def load_settings(folder: str, environ: Mapping[str, str]) -> Tuple[Settings, Op
         try:
             found[key] = _convert(key, value)
         except (TypeError, ValueError) as exc:
-            problems.append("%s: %s %r is not usable (%s); using %r" % (where, key, value, exc,
-                                                                       getattr(Settings(), key)))
+            problems.append(f"{where}: {key} {value!r} is not usable ({exc}); using {getattr(Settings(), key)!r}")
     return Settings(**found), "; ".join(problems) or None

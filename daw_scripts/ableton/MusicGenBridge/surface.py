@@ -19,7 +19,7 @@ class MusicGenBridge(ControlSurface):  # type: ignore[misc]  # _Framework ships 
         self.controller = Controller(self.song(), settings, log=self.log_message, show=self.show_message)
         if problem:
             self.controller.say(problem)
-        self.controller.say("listening for clips named `mg: <prompt>`; the bridge is at %s" % self.controller.where)
+        self.controller.say(f"listening for clips named `mg: <prompt>`; the bridge is at {self.controller.where}")
 
     def update_display(self) -> None:
         """Live calls this about every 100 ms: the script's only chance to read the bridge's replies."""
