@@ -394,9 +394,12 @@ def test_a_jam_clip_starts_and_stops_the_jam_and_the_take_lands_beside_it(osc_se
     session.tick_until(lambda: any("jam segment 1" in m for m in session.c_instance.messages), what="a segment")
     assert jam.name == "mg jam: lofi groove [jamming]"
     assert "/musicgen/jam/start 'lofi groove': 1 bars at 120 bpm" in session.requests()[0]
+    jam.name = "mg jam: dark techno"  # a new prompt while it jams: from the next segment on
+    session.tick_until(lambda: jam.name == "mg jam: dark techno [jamming]")
+    assert any("the jam takes the prompt 'dark techno'" in m for m in session.c_instance.messages)
     jam.stop()
     session.tick()
-    assert jam.name == "mg jam: lofi groove [stopping]"
+    assert jam.name == "mg jam: dark techno [stopping]"
     session.tick_until(lambda: _done(jam), what="the take")
     take = song.tracks[1].clip_slots[3].clip
     frames = sf.info(take.file_path).frames
