@@ -20,7 +20,7 @@ from ableton import fake_live
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.api import Bridge
+from bridge.app.bridge import Bridge
 from bridge.config import Config
 from bridge.tempo import bars_to_samples
 
@@ -302,7 +302,7 @@ def test_a_bridge_that_is_down_is_named_with_the_way_out(live):
 
 
 def test_the_script_registers_again_when_the_bridge_restarts(tiny_bridge, tmp_path, live):
-    from bridge.osc.server import OscServer
+    from bridge.frontends.osc.server import OscServer
 
     def serve(port: int) -> OscServer:
         server = OscServer(tiny_bridge, Config(model="tiny-random", port=port, reply_port=1,
