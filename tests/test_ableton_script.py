@@ -34,22 +34,24 @@ placing = importlib.import_module("MusicGenBridge.placing")
 settings_module = importlib.import_module("MusicGenBridge.settings")
 surface_module = importlib.import_module("MusicGenBridge.surface")
 
-MAX_TICK = 0.05  # Live ticks every ~100 ms; a tick of the script must be far shorter (generous: a loaded CI box)
+# Live ticks every ~100 ms; the script's ticks must be far shorter. Generous, for a loaded 2-core CI box:
+# nearly every tick under 20 ms, none over 100 ms (a GC pause or a busy neighbour may cost one tick).
+TYPICAL_TICK, MAX_TICK = 0.02, 0.1
 
 
 class LiveSession:
-    """A fake Live with the script loaded, ticked by hand; it keeps the slowest tick."""
+    """A fake Live with the script loaded, ticked by hand; it keeps how long each tick took."""
 
     def __init__(self, song: fake_live.Song) -> None:
         self.song = song
         self.c_instance = fake_live.CInstance(song)
         self.surface = script.create_instance(self.c_instance)
-        self.slowest = 0.0
+        self.ticks: list[float] = []
 
     def tick(self) -> None:
         started = time.perf_counter()
         self.surface.update_display()
-        self.slowest = max(self.slowest, time.perf_counter() - started)
+        self.ticks.append(time.perf_counter() - started)
 
     def tick_until(self, condition, timeout: float = 60.0, what: str = "") -> None:
         deadline = time.monotonic() + timeout
@@ -87,7 +89,9 @@ def live(monkeypatch, tmp_path):
     yield start
     for session in opened:
         session.close()
-        assert session.slowest < MAX_TICK, f"a tick took {session.slowest * 1000:.1f} ms"
+        ticks = sorted(session.ticks)
+        assert ticks[-1] < MAX_TICK, f"a tick took {ticks[-1] * 1000:.1f} ms"
+        assert ticks[int(0.95 * (len(ticks) - 1))] < TYPICAL_TICK, f"ticks took {ticks[len(ticks) // 2:]}"
 
 
 def _midi_track(song, name="Keys", index=None):
@@ -302,11 +306,12 @@ def test_a_bridge_that_is_down_is_named_with_the_way_out(live):
 
 
 def test_the_script_registers_again_when_the_bridge_restarts(tiny_bridge, tmp_path, live):
+    from bridge.app.root import App
     from bridge.frontends.osc.server import OscServer
 
     def serve(port: int) -> OscServer:
-        server = OscServer(tiny_bridge, Config(model="tiny-random", port=port, reply_port=1,
-                                               output_dir=tmp_path / "out"))
+        config = Config(model="tiny-random", port=port, reply_port=1, output_dir=tmp_path / "out")
+        server = OscServer(App.around(config, tiny_bridge), config)
         server.start()
         return server
 
