@@ -33,6 +33,7 @@ test: system-deps install-test
 	$(PYTHON) -m pytest -q
 
 lint: install-test
-	$(PYTHON) -m ruff check bridge tests $(wildcard benchmarks)
+	$(PYTHON) -m ruff check bridge tests daw_scripts/ableton $(wildcard benchmarks)
 	$(PYTHON) -m mypy
+	MYPYPATH=daw_scripts/ableton $(PYTHON) -m mypy --disallow-untyped-defs -p MusicGenBridge  # against ableton-live-stubs
 	lint-imports  # the layers: front ends -> app -> engine | audio -> core (pyproject.toml)
