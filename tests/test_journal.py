@@ -66,7 +66,8 @@ def test_round_trip_keeps_order_seed_reply_and_how_jobs_ended(tmp_path):
     assert done.paths == ("/out/a.wav",) and done.seconds == 8.0 and done.reply == REPLY
     assert done.request == a.request and done.submitted == 100.0
     assert recovery.ended[1].code == "cancelled" and "by a client" in (recovery.ended[1].message or "")
-    assert again.find("a") is not None and again.find("a").state == "done"  # /musicgen/job across a restart
+    found = again.find("a")  # /musicgen/job across a restart
+    assert found is not None and found.state == "done" and found.paths == ("/out/a.wav",)
     assert again.find("nope") is None
     again.close()
 
@@ -108,7 +109,7 @@ def test_a_record_that_no_longer_validates_comes_back_with_its_reason(tmp_path):
 
 def test_accept_writes_and_fsyncs_the_record_before_it_returns(tmp_path, monkeypatch):
     path = tmp_path / "journal.jsonl"
-    events: list[tuple[str, list[str]]] = []
+    events: list[tuple[str, list]] = []
     real_fsync = journal_module._fsync
 
     def spying_fsync(fd: int) -> None:
