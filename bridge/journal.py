@@ -233,6 +233,36 @@ def _is_torn_header(data: bytes) -> bool:
     return data[: len(expected)] == expected[: len(data)]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_text_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _well_formed(record: Any) -> bool:
+    """True for a record of a known type whose fields have the types the format says (the request aside)."""
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        return False
+    kind = record.get("type")
+    if kind == "accepted":
+        seed = record.get("seed")
+        return (isinstance(record.get("kind"), str) and isinstance(record.get("request"), dict)
+                and _is_number(record.get("submitted"))
+                and (seed is None or (isinstance(seed, int) and not isinstance(seed, bool))))
+    if kind == "started":
+        return _is_number(record.get("at"))
+    if kind == "ended":
+        paths = record.get("paths", [])
+        seconds = record.get("seconds")
+        return (record.get("state") in ENDED_STATES and _is_number(record.get("at"))
+                and isinstance(paths, list) and all(isinstance(path, str) for path in paths)
+                and (seconds is None or _is_number(seconds))
+                and _is_text_or_none(record.get("code")) and _is_text_or_none(record.get("message")))
+    return False
+
+
 def _line(record: Mapping[str, Any]) -> bytes:
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
@@ -519,26 +549,23 @@ class Journal:
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return False
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        if not _well_formed(record):
             return False
-        kind, job_id = record.get("type"), record["id"]
+        kind, job_id = record["type"], record["id"]
         if kind == "accepted":
             if job_id in self._active:
                 return False
             self._active[job_id] = _Job(accepted=record)
-        elif kind == "started":
-            job = self._active.get(job_id)
-            if job is None:
-                return False
+            return True
+        job = self._active.get(job_id)
+        if job is None:
+            return False
+        if kind == "started":
             job.started = record
-        elif kind == "ended":
-            job = self._active.pop(job_id, None)
-            if job is None or record.get("state") not in ENDED_STATES:
-                return False
+        else:
+            del self._active[job_id]
             job.ended = record
             self._ended.append(job)
-        else:
-            return False
         return True
 
     def _move_aside(self) -> Path:

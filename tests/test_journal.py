@@ -191,6 +191,24 @@ def test_a_foreign_journal_is_refused_in_one_line_moved_aside_and_a_fresh_one_st
     assert [e.id for e in again.unfinished] == ["new"] and again.moved_aside is None
 
 
+def test_lines_in_the_middle_that_are_not_records_are_skipped_and_counted_in_one_line(tmp_path, caplog):
+    journal, _ = opened(tmp_path)
+    journal.accept("a", request(), "/musicgen/generate", REPLY)
+    journal.accept("b", request(), "/musicgen/generate", REPLY)
+    journal.close()
+    path = tmp_path / "journal.jsonl"
+    header, a, b = path.read_bytes().splitlines(keepends=True)
+    bad = [b"not json\n", b'{"type":"accepted","id":"c","kind":"/x","request":{},"submitted":"noon"}\n',
+           b'{"type":"ended","id":"a","state":"exploded","at":1.0}\n', b'{"type":"started","id":"zz","at":1}\n',
+           b'[1, 2]\n']
+    path.write_bytes(header + a + b"".join(bad) + b)
+    with caplog.at_level(logging.WARNING, logger="bridge.journal"):
+        _, recovery = opened(tmp_path)
+    assert [e.id for e in recovery.unfinished] == ["a", "b"] and recovery.skipped_lines == len(bad)
+    assert [r.getMessage() for r in caplog.records if "not records" in r.getMessage()] == [
+        f"the job journal {path} had {len(bad)} lines that are not records: skipped them"]
+
+
 def test_compaction_keeps_the_unfinished_and_the_last_n_ended(tmp_path):
     journal, _ = opened(tmp_path, keep_ended=3, max_bytes=4000)
     journal.accept("keep-1", request("first"), "/musicgen/generate", REPLY)
