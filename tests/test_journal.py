@@ -41,6 +41,15 @@ def run_child(code: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def journal_of_two(folder: Path) -> Path:
+    """A closed journal in ``folder`` holding queued jobs a and b; its path."""
+    journal, _ = opened(folder)
+    journal.accept("a", request(), "/musicgen/generate", REPLY)
+    journal.accept("b", request(), "/musicgen/generate", REPLY)
+    journal.close()
+    return journal.path
+
+
 def test_round_trip_keeps_order_seed_reply_and_how_jobs_ended(tmp_path):
     journal, recovery = opened(tmp_path / "state")
     assert recovery.unfinished == [] and recovery.ended == []
@@ -143,11 +152,7 @@ def test_an_accepted_job_survives_the_process_being_killed_right_after_accept(tm
 
 
 def test_a_torn_last_line_is_dropped_and_the_file_cut_back(tmp_path, caplog):
-    journal, _ = opened(tmp_path)
-    journal.accept("a", request(), "/musicgen/generate", REPLY)
-    journal.accept("b", request(), "/musicgen/generate", REPLY)
-    journal.close()
-    path = tmp_path / "journal.jsonl"
+    path = journal_of_two(tmp_path)
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"type":"accepted","id":"c","kind":"/musicgen/gen')
     with caplog.at_level(logging.WARNING, logger="bridge.journal"):
@@ -192,11 +197,7 @@ def test_a_foreign_journal_is_refused_in_one_line_moved_aside_and_a_fresh_one_st
 
 
 def test_lines_in_the_middle_that_are_not_records_are_skipped_and_counted_in_one_line(tmp_path, caplog):
-    journal, _ = opened(tmp_path)
-    journal.accept("a", request(), "/musicgen/generate", REPLY)
-    journal.accept("b", request(), "/musicgen/generate", REPLY)
-    journal.close()
-    path = tmp_path / "journal.jsonl"
+    path = journal_of_two(tmp_path)
     header, a, b = path.read_bytes().splitlines(keepends=True)
     bad = [b"not json\n", b'{"type":"accepted","id":"c","kind":"/x","request":{},"submitted":"noon"}\n',
            b'{"type":"ended","id":"a","state":"exploded","at":1.0}\n', b'{"type":"started","id":"zz","at":1}\n',
