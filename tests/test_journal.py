@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import journal as journal_module
+from bridge.app import journal as journal_module
+from bridge.app.journal import FORMAT, VERSION, Journal, request_from_record, request_to_record
 from bridge.errors import BadArgs, StorageError
-from bridge.journal import FORMAT, VERSION, Journal, request_from_record, request_to_record
 from bridge.options import Request
 
 REPLY = {"host": "127.0.0.1", "port": 9001, "transport": "udp"}
@@ -137,7 +137,7 @@ def test_accept_writes_and_fsyncs_the_record_before_it_returns(tmp_path, monkeyp
 def test_an_accepted_job_survives_the_process_being_killed_right_after_accept(tmp_path):
     child = run_child("""
         import os, signal, sys
-        from bridge.journal import Journal
+        from bridge.app.journal import Journal
         from bridge.options import Request
         journal = Journal(sys.argv[1])
         journal.open()
@@ -155,7 +155,7 @@ def test_a_torn_last_line_is_dropped_and_the_file_cut_back(tmp_path, caplog):
     path = journal_of_two(tmp_path)
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"type":"accepted","id":"c","kind":"/musicgen/gen')
-    with caplog.at_level(logging.WARNING, logger="bridge.journal"):
+    with caplog.at_level(logging.WARNING, logger="bridge.app.journal"):
         journal, recovery = opened(tmp_path)
     assert [e.id for e in recovery.unfinished] == ["a", "b"] and recovery.torn_bytes > 0
     assert path.read_bytes() == whole
@@ -183,7 +183,7 @@ def test_a_torn_header_starts_a_fresh_journal(tmp_path):
 def test_a_foreign_journal_is_refused_in_one_line_moved_aside_and_a_fresh_one_started(tmp_path, caplog, content):
     path = tmp_path / "journal.jsonl"
     path.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="bridge.journal"):
+    with caplog.at_level(logging.WARNING, logger="bridge.app.journal"):
         journal, recovery = opened(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "moved it to" in warnings[0], warnings
@@ -203,7 +203,7 @@ def test_lines_in_the_middle_that_are_not_records_are_skipped_and_counted_in_one
            b'{"type":"ended","id":"a","state":"exploded","at":1.0}\n', b'{"type":"started","id":"zz","at":1}\n',
            b'[1, 2]\n']
     path.write_bytes(header + a + b"".join(bad) + b)
-    with caplog.at_level(logging.WARNING, logger="bridge.journal"):
+    with caplog.at_level(logging.WARNING, logger="bridge.app.journal"):
         _, recovery = opened(tmp_path)
     assert [e.id for e in recovery.unfinished] == ["a", "b"] and recovery.skipped_lines == len(bad)
     assert [r.getMessage() for r in caplog.records if "not records" in r.getMessage()] == [
@@ -234,7 +234,7 @@ def test_compaction_keeps_the_unfinished_and_the_last_n_ended(tmp_path):
 def test_a_crash_mid_compaction_leaves_the_journal_whole_and_its_temporary_is_ignored(tmp_path):
     child = run_child("""
         import os, signal, sys
-        from bridge import journal as jm
+        from bridge.app import journal as jm
         from bridge.options import Request
         journal = jm.Journal(sys.argv[1], keep_ended=1)
         journal.open()

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from bridge import audio
-from bridge.errors import StorageError
-from bridge.storage import (
+from bridge.app.storage import (
     RESERVE_BYTES,
     DiskUsage,
     check_output_folder,
@@ -24,6 +23,7 @@ from bridge.storage import (
     remove_stale_temporaries,
     storage_error,
 )
+from bridge.errors import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,9 +200,8 @@ def test_a_missing_folder_has_no_temporaries(tmp_path):
     assert remove_stale_temporaries(tmp_path / "nothing-here") == []
 
 
-def test_every_wire_code_has_its_own_cli_exit_code():
-    from bridge.errors import ALL_CODES
-    from bridge.frontends.cli import EXIT_CODES
+def test_every_wire_code_has_its_own_exit_code():
+    from bridge.errors import ALL_CODES, EXIT_CODES
 
     assert set(ALL_CODES) <= set(EXIT_CODES)
     assert EXIT_CODES["storage"] == 9 and len(set(EXIT_CODES.values())) == len(EXIT_CODES)

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.app.storage import storage_error
 from bridge.errors import BadArgs, BridgeError, Internal, StorageError
 from bridge.options import OPTION_TYPES, Request, convert_option
 
@@ -433,8 +434,6 @@ class Journal:
 
     # -- inside -----------------------------------------------------------------------------
     def _error(self, exc: OSError, doing: str) -> StorageError:
-        from bridge.storage import storage_error  # noqa: PLC0415 - storage is the one place for this advice
-
         err = storage_error(exc, self.folder, doing)
         return StorageError(err.message.replace("--output-dir", "--state-dir"))
 
