@@ -4,7 +4,7 @@ One append-only file of JSON lines (UTF-8, one object per line, ``\\n`` after ea
 folder, ``journal.jsonl`` by default::
 
     {"format": "musicgen-bridge-journal", "version": 1, "created": 1764580000.0}
-    {"type": "accepted", "id": "j1", "kind": "/musicgen/generate", "request": {...}, "seed": 1234,
+    {"type": "accepted", "id": "j1", "kind": "generate", "request": {...}, "seed": 1234,
      "reply": {"host": "127.0.0.1", "port": 9001, "transport": "udp"}, "submitted": 1764580001.5}
     {"type": "started", "id": "j1", "at": 1764580001.6}
     {"type": "ended", "id": "j1", "state": "done", "at": 1764580003.0, "paths": ["/out/a.wav"], "seconds": 4.0}
@@ -13,7 +13,7 @@ folder, ``journal.jsonl`` by default::
 - The header names the format and its version; a file whose first line is anything else is not
   read: it is moved aside (``journal.jsonl.bad-<time>``), one log line says so, and a fresh
   journal is started. The version goes up when a record changes meaning.
-- ``accepted``: the job's id, its kind (the address it came in on), the request as
+- ``accepted``: the job's id, its kind (``JobKind.value``: generate, continue, ...), the request as
   ``dataclasses.asdict`` of :class:`bridge.options.Request` (rebuilt and re-validated by
   :func:`request_from_record`), the seed it runs with (never null: :meth:`Journal.accept` picks
   one when the request left it to chance, so a re-run gives the asked result), where its replies
