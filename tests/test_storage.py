@@ -199,9 +199,3 @@ def test_a_temporary_touched_since_the_daemon_started_is_kept(tmp_path):
 def test_a_missing_folder_has_no_temporaries(tmp_path):
     assert remove_stale_temporaries(tmp_path / "nothing-here") == []
 
-
-def test_every_wire_code_has_its_own_exit_code():
-    from bridge.errors import ALL_CODES, EXIT_CODES
-
-    assert set(ALL_CODES) <= set(EXIT_CODES)
-    assert EXIT_CODES["storage"] == 9 and len(set(EXIT_CODES.values())) == len(EXIT_CODES)
