@@ -9,6 +9,7 @@ BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail`
   ModelError     model_error     the model could not be loaded or failed while generating
   Unauthorized   unauthorized    a non-loopback request without the shared token
   NoAudioDevice  no_audio_device playback asked for where there is no usable output device
+  StorageError   storage         the output or state folder is missing, not writable, or full
   Internal       internal        a bug: the message says where to report it
 
 Every message tells the user what to do next. Front ends turn these into replies in one place
@@ -61,17 +62,27 @@ class NoAudioDevice(BridgeError):
     code = "no_audio_device"
 
 
+class StorageError(BridgeError):
+    """The disk, not the request: a folder that cannot be made or written, or no space left.
+
+    The same request works again once the folder is back or space is freed, so clients may retry.
+    """
+
+    code = "storage"
+
+
 class Internal(BridgeError):
     code = "internal"
 
 
 ALL_CODES = tuple(
     cls.code
-    for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, Internal)
+    for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, StorageError,
+                Internal)
 )
 
 EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
-              "no_audio_device": 8, "cancelled": 130, "internal": 1}
+              "no_audio_device": 8, "storage": 9, "cancelled": 130, "internal": 1}
 """Wire code -> the command line's exit status (the README lists them)."""
 
 
