@@ -57,7 +57,7 @@ from typing import Any
 
 from bridge.app.storage import storage_error
 from bridge.errors import BadArgs, BridgeError, Internal, StorageError
-from bridge.options import OPTION_TYPES, Request, convert_option
+from bridge.options import Request, convert_option, names
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def request_from_record(data: Any) -> Request:
         raise BadArgs("the journal's request has extra that is not a mapping")
     options: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in OPTION_TYPES:
+        if key not in names("job"):
             continue
         if value is None:
             if fields[key].default is not None:
