@@ -37,6 +37,7 @@ class Config:
     queue_size: int = 16
     token: str | None = None
     audio_device: str | None = None
+    state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -51,7 +52,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name in ("port", "reply_port", "queue_size"):
         return int(value)
-    if name in ("output_dir", "presets_dir"):
+    if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))
     del kind
     return str(value)

@@ -21,6 +21,7 @@ from bridge.app.jam import JamController
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
 from bridge.app.results import Chunk, JobResult
+from bridge.app.storage import check_output_folder, estimate_bytes
 from bridge.app.store import ResultStore
 from bridge.config import Config
 from bridge.engine import Engine
@@ -109,6 +110,7 @@ class Bridge:
             self.output.check_available()  # no device: fail before generating
         clip = audio.read_clip(request.clip) if request.clip else None
         plan = planning.plan(request, clip, self.engine)
+        self._check_room(request, plan, clip)
         seed = request.seed if request.seed is not None else secrets.randbits(31)
         stem = self.store.stem(job_id, request)
         writer = (ChunkWriter(self.engine, request, plan, clip, self.store.chunk_folder(stem), on_chunk)
@@ -121,6 +123,13 @@ class Bridge:
             self.output.play_now(paths[0])
         return JobResult(paths=paths, seconds=outputs[0].shape[-1] / plan.out_rate, sample_rate=plan.out_rate,
                          sidecars=sidecars)
+
+    def _check_room(self, request: Request, plan: planning.Plan, clip: audio.Clip | None) -> None:
+        """StorageError before any generation when the output folder cannot take the result."""
+        samples = plan.out_samples + (round(clip.seconds * plan.out_rate) if request.include_prompt and clip else 0)
+        channels = max(self.engine.channels, clip.data.shape[0] if clip is not None else 1)
+        check_output_folder(self.store.folder, estimate_bytes(samples, channels, variations=request.variations,
+                                                              fmt=request.format, copies=2 if request.stream else 1))
 
     def plan(self, request: Request, clip: audio.Clip | None) -> planning.Plan:
         """The sample-exact layout ``run`` would use for ``request`` (for tests and tools)."""

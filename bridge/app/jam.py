@@ -34,6 +34,7 @@ import numpy as np
 from bridge import audio
 from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
+from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
@@ -253,6 +254,7 @@ class JamController:
             self._stop.clear()
             self._stopped_by = ""
             jam = self._jam
+        check_output_folder(self.store.folder)  # before the model's time is spent
         folder = self.store.jam_folder(self.store.stem(job_id, request))
         record = request.extra.get("record")
         rate = engine.sample_rate

@@ -5,7 +5,11 @@ time through ``bridge.run`` and reports each step to a :class:`JobListener`: ``q
 ``progress`` at most ~10 times a second, ``chunk`` while streaming, then exactly one ``done`` or
 ``fail``, always with the client's id. A full queue is :class:`~bridge.errors.Busy` at
 :meth:`JobQueue.submit`; cancel takes a queued job out of the queue, and stops a running one at
-its next decoding step. A short journal remembers how recent jobs ended.
+its next decoding step. The last finished jobs are remembered, for ``/musicgen/job``.
+
+With a :class:`~bridge.app.journal.Journal`, every accepted job is on disk (fsynced) before its
+``queued`` goes out, its start and its end are recorded, and :meth:`JobQueue.restore` brings the
+jobs a crash interrupted back into the queue in their order, with their ids, seeds and requesters.
 
 Listener calls come from the submitting thread (``queued``; ``fail`` for a job cancelled while
 queued) and from the worker (the rest), never two for one job at the same time; a listener
@@ -23,11 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
 
 if TYPE_CHECKING:
+    from bridge.app.journal import Journal, JournalEntry
     from bridge.app.results import Chunk, JobResult
     from bridge.options import Request
 
@@ -127,7 +133,7 @@ class JobQueue:
     """A bounded queue of jobs and the one worker thread that runs them on the engine."""
 
     def __init__(self, bridge: Runner, maxsize: int = 16, listener: JobListener | None = None, *,
-                 progress_interval: float = 0.1, journal_size: int = 64) -> None:
+                 progress_interval: float = 0.1, journal_size: int = 64, journal: Journal | None = None) -> None:
         if maxsize < 1:
             raise BadArgs(f"the queue size must be 1 or more, got {maxsize}")
         self.bridge = bridge
@@ -138,7 +144,8 @@ class JobQueue:
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[Job] = deque()
         self._running: Job | None = None
-        self._journal: deque[Job] = deque(maxlen=journal_size)
+        self._finished: deque[Job] = deque(maxlen=journal_size)  # the last ended jobs, for find()
+        self.journal = journal
         self._closing = False
         self._thread: threading.Thread | None = None
         self._numbers = itertools.count(1)
@@ -174,11 +181,14 @@ class JobQueue:
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, request: Request, job_id: str = "", kind: JobKind = JobKind.GENERATE,
-               origin: Any = None) -> Job:
+               origin: Any = None, reply: Any = None) -> Job:
         """Queue a job and report it ``queued``; raise Busy when the queue is full.
 
         ``job_id`` "" lets the queue pick a unique one. An id that is still queued or running
-        is refused (BadArgs), so replies and cancels always name one job.
+        is refused (BadArgs), so replies and cancels always name one job. With a journal, the
+        job is written to disk first (StorageError when it cannot be: the job is refused), with
+        ``reply`` (plain data from the front end saying where its replies go, for a restart)
+        and its seed fixed, so running it again gives the same result.
         """
         if len(job_id) > MAX_ID_LENGTH:
             raise BadArgs(f"job id is {len(job_id)} characters long: keep it under {MAX_ID_LENGTH}")
@@ -196,6 +206,8 @@ class JobQueue:
             if len(self._waiting) >= self.maxsize:
                 raise Busy(f"the queue is full ({self.maxsize} jobs waiting): wait for a /musicgen/done, cancel "
                            "jobs, or start the bridge with a larger --queue")
+            if self.journal is not None:
+                request = self.journal.accept(job_id, request, kind.value, reply=reply).request or request
             job = Job(id=job_id, request=request, kind=kind, origin=origin)
             position = len(self._waiting) + (1 if self._running is not None else 0)
             self._waiting.append(job)
@@ -228,6 +240,49 @@ class JobQueue:
                     self._finish(job, error=Cancelled(reason + " before it started"))
             return hit
 
+    def restore(self, entries: list[JournalEntry], ended: list[JournalEntry],
+                origin_for: Callable[[Any], Any], *, fresh: bool = False) -> list[Job]:
+        """After a restart: queue the jobs the journal holds unfinished, in their order, and remember the ended ones.
+
+        Each keeps its id, kind, request (with its seed) and requester (``origin_for(entry.reply)``).
+        A jam is not resumed, and with ``fresh`` nothing is: those end cancelled, told to their
+        requester, as does a job whose request no longer validates. Restored jobs may exceed the
+        queue's bound: they were accepted before. Returns the jobs queued again.
+        """
+        from bridge.app.results import JobResult  # noqa: PLC0415
+
+        self.start()
+        queued: list[Job] = []
+        with self._lock:
+            for entry in ended:
+                job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
+                          state=entry.state)
+                if entry.state == "done":
+                    job.result = JobResult(paths=[Path(p) for p in entry.paths], seconds=entry.seconds or 0.0,
+                                           sample_rate=0)
+                else:
+                    job.error = _error_of(entry.code or "internal", entry.message or "")
+                self._finished.append(job)
+            for entry in entries:
+                job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
+                          origin=origin_for(entry.reply))
+                if fresh or not entry.resumable:
+                    if fresh:
+                        why = "the bridge was restarted clean (--fresh), so it did not run it: send it again"
+                    elif job.kind is JobKind.JAM:
+                        why = "the bridge restarted, and a jam is not resumed: start it again"
+                    else:
+                        why = f"the bridge restarted and cannot run it again ({entry.error}): send it again"
+                    self._finish(job, error=Cancelled(f"job {job.id} was not run again: {why}"))
+                    continue
+                self._waiting.append(job)
+                queued.append(job)
+                self._emit("queued", job, len(self._waiting) - 1 + (1 if self._running is not None else 0))
+            self._wake.notify()
+        if queued:
+            log.info("restored %d job(s) from the journal: %s", len(queued), ", ".join(j.id for j in queued))
+        return queued
+
     # -- facts ------------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, Job | None]:
         """(jobs waiting, the running job or None)."""
@@ -240,7 +295,7 @@ class JobQueue:
             active = self._find_active(job_id)
             if active is not None:
                 return active
-            for job in reversed(self._journal):
+            for job in reversed(self._finished):
                 if job.id == job_id:
                     return job
             return None
@@ -248,7 +303,7 @@ class JobQueue:
     def recent(self) -> list[Job]:
         """The journal: recently finished jobs, oldest first."""
         with self._lock:
-            return list(self._journal)
+            return list(self._finished)
 
     def wait(self, job: Job, timeout: float | None = None) -> bool:
         """Wait until ``job`` has ended (done, failed or cancelled); False on timeout."""
@@ -284,6 +339,7 @@ class JobQueue:
                 self._running = job
                 job.state = "running"
                 job.started = time.monotonic()
+            self._record("start", job.id)
             try:
                 self._run(job)
             finally:
@@ -342,12 +398,25 @@ class JobQueue:
                 job.state = "done"
             else:
                 job.state = "cancelled" if isinstance(error, Cancelled) else "failed"
-            self._journal.append(job)
+            self._finished.append(job)
             self._wake.notify_all()
+        # on disk before the requester hears it: a crash in between never runs the job twice
         if error is None and result is not None:
+            self._record("end", job.id, "done", paths=[str(p) for p in result.paths], seconds=result.seconds)
             self._emit("done", job, result)
         else:
-            self._emit("fail", job, error if error is not None else Internal("job ended without a result"))
+            err = error if error is not None else Internal("job ended without a result")
+            self._record("end", job.id, job.state, code=err.code, message=err.message)
+            self._emit("fail", job, err)
+
+    def _record(self, what: str, *args: Any, **kwargs: Any) -> None:
+        """Write a ``start`` or ``end`` record; a journal that cannot be written is logged, the job goes on."""
+        if self.journal is None:
+            return
+        try:
+            getattr(self.journal, what)(*args, **kwargs)
+        except BridgeError as exc:
+            log.error("the job journal could not be written (%s): %s", exc.code, exc.message)
 
     def _emit(self, event: str, job: Job, payload: Any) -> None:
         try:
@@ -355,3 +424,23 @@ class JobQueue:
         except Exception:
             # A listener that breaks (a closed socket, a bug) must not take the worker down with it.
             log.exception("the job listener failed on %s for job %s", event, job.id)
+
+
+def _kind(value: str) -> JobKind:
+    try:
+        return JobKind(value)
+    except ValueError:
+        return JobKind.GENERATE
+
+
+def _placeholder() -> Request:
+    from bridge.options import Request  # noqa: PLC0415
+
+    return Request()
+
+
+def _error_of(code: str, message: str) -> BridgeError:
+    """A BridgeError that reports ``code`` (as recorded in the journal) with ``message``."""
+    error = BridgeError(message)
+    error.code = code
+    return error

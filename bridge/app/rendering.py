@@ -20,6 +20,7 @@ import torch
 from bridge import audio
 from bridge.app.planning import Plan
 from bridge.app.results import Chunk
+from bridge.app.storage import storage_error
 from bridge.engine import Engine, GenerationSpec
 from bridge.engine.decoding import Sampling
 from bridge.engine.streaming import StreamingDecoder
@@ -154,7 +155,10 @@ class ChunkWriter:
         piece = audio.soft_limit(piece)
         self.pieces.append(piece)
         path = self.folder / f"{chunk.index:04d}.{self.request.format}"
-        audio.write_atomic(path, piece, plan.out_rate, self.request.format)
+        try:
+            audio.write_atomic(path, piece, plan.out_rate, self.request.format)
+        except (OSError, RuntimeError) as exc:  # libsndfile reports a full disk as a RuntimeError
+            raise storage_error(exc, path, "write") from exc
         if self.on_chunk is not None:
             self.on_chunk(Chunk(index=chunk.index, path=path, start_seconds=start / plan.out_rate,
                                 seconds=(end - start) / plan.out_rate))

@@ -7,6 +7,8 @@ submit to. Nothing else makes these, so there is exactly one of each per process
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,16 @@ from typing import Any
 from bridge.app.bridge import Bridge
 from bridge.app.jam import JamController
 from bridge.app.jobs import JobListener, JobQueue, Runner
+from bridge.app.journal import Journal, Recovery, default_state_folder
 from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
+from bridge.app.storage import remove_stale_temporaries
 from bridge.app.store import ResultStore
 from bridge.config import Config
 from bridge.engine import Engine
 from bridge.engine.models import load_model
+
+log = logging.getLogger(__name__)
 
 SHIPPED_PRESETS = Path(__file__).resolve().parents[2] / "presets"
 
@@ -40,6 +46,9 @@ class App:
     jobs: JobQueue
     output: OutputDevice
     jam: JamController
+    journal: Journal | None = None
+    recovery: Recovery | None = None
+    """What the journal held when the app was built (jobs a crash interrupted), for the front end to restore."""
 
     @property
     def presets(self) -> PresetLibrary | None:
@@ -47,27 +56,57 @@ class App:
 
     @classmethod
     def build(cls, config: Config, *, listener: JobListener | None = None, engine: Engine | None = None,
-              presets: PresetLibrary | None = None, output: OutputDevice | None = None) -> App:
-        """Load the model (once) and the preset banks, and wire every service to them."""
+              presets: PresetLibrary | None = None, output: OutputDevice | None = None,
+              journal: bool = False) -> App:
+        """Load the model (once) and the preset banks, and wire every service to them.
+
+        ``journal``: keep a job journal in the state folder (the daemon does; a one-shot command
+        does not), read what it holds, and remove the temporary files of writes a crash cut short.
+        """
         if presets is None:
             presets = load_presets(config.presets_dir)
-        if engine is None:
-            engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
-        bridge = Bridge(engine, config, presets, output=output)
-        return cls.around(config, bridge, listener=listener)
+        opened = open_journal(config) if journal else None
+        try:
+            if engine is None:
+                engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
+            bridge = Bridge(engine, config, presets, output=output)
+        except BaseException:
+            if opened is not None:
+                opened[0].close()
+            raise
+        app = cls.around(config, bridge, listener=listener, journal=opened[0] if opened else None)
+        app.recovery = opened[1] if opened else None
+        return app
 
     @classmethod
-    def around(cls, config: Config, bridge: Any, *, listener: JobListener | None = None) -> App:
+    def around(cls, config: Config, bridge: Any, *, listener: JobListener | None = None,
+               journal: Journal | None = None) -> App:
         """An App around a facade already built (a real Bridge, or a test's stand-in)."""
         output = getattr(bridge, "output", None) or OutputDevice(config.audio_device)
         store = getattr(bridge, "store", None) or ResultStore(config.resolved_output_dir())
         jam = getattr(bridge, "jam", None) or JamController(None, output, store)
         runner: Runner = bridge
-        return cls(config=config, bridge=bridge, jobs=JobQueue(runner, config.queue_size, listener), output=output,
-                   jam=jam)
+        return cls(config=config, bridge=bridge, jobs=JobQueue(runner, config.queue_size, listener, journal=journal),
+                   output=output, jam=jam, journal=journal)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel and report every job, then let go of the output device."""
         self.jobs.close(timeout)
         self.output.close()
+        if self.journal is not None:
+            self.journal.close()
+
+
+def open_journal(config: Config) -> tuple[Journal, Recovery]:
+    """Open the daemon's job journal and clear what a crash left half written in the output folder."""
+    out = config.resolved_output_dir()
+    state = Path(config.state_dir).expanduser() if config.state_dir is not None else default_state_folder(out)
+    removed = remove_stale_temporaries(out, older_than=time.time())
+    if removed:
+        log.warning("removed %d temporary file(s) that a stopped bridge left half written in %s", len(removed), out)
+    journal = Journal(state)
+    recovery = journal.open()
+    if recovery.moved_aside is not None:
+        log.warning("the job journal could not be read; it was moved to %s and a new one started", recovery.moved_aside)
+    return journal, recovery
 

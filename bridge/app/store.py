@@ -18,7 +18,8 @@ import numpy as np
 
 from bridge import __version__, audio
 from bridge.app.planning import Plan
-from bridge.errors import BadArgs, Internal
+from bridge.app.storage import storage_error
+from bridge.errors import BadArgs
 from bridge.options import Request
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,119}$")
@@ -68,21 +69,19 @@ class ResultStore:
               model: dict[str, Any]) -> tuple[list[Path], list[Path]]:
         """Write each variation and its sidecar; returns (paths, sidecars)."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)  # again: a folder may vanish while a job runs
         except OSError as exc:
-            raise Internal(f"could not make the output folder {self.folder}: {exc.strerror or exc}. Check that "
-                           "it can be created and written") from exc
+            raise storage_error(exc, self.folder, "make the output folder") from exc
         paths: list[Path] = []
         sidecars: list[Path] = []
         for i, data in enumerate(outputs):
             path = self._unique(stem if len(outputs) == 1 else f"{stem}-v{i + 1}", request.format)
+            sidecar = path.with_name(path.name + ".json")
             try:
                 audio.write_atomic(path, data, plan.out_rate, request.format)
-            except OSError as exc:
-                raise Internal(f"could not write {path}: {exc}. Check the output folder's free space "
-                               "and permissions") from exc
-            sidecar = path.with_name(path.name + ".json")
-            audio.write_json_atomic(sidecar, sidecar_for(job_id, request, plan, seed, clip, i, elapsed, model))
+                audio.write_json_atomic(sidecar, sidecar_for(job_id, request, plan, seed, clip, i, elapsed, model))
+            except (OSError, RuntimeError) as exc:  # libsndfile reports a full disk as a RuntimeError
+                raise storage_error(exc, path, "write") from exc
             paths.append(path)
             sidecars.append(sidecar)
         return paths, sidecars

@@ -67,12 +67,14 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.app.jobs import JobKind  # noqa: PLC0415
     from bridge.app.output import OutputDevice  # noqa: PLC0415
     from bridge.app.root import App  # noqa: PLC0415
+    from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
     options = {**options_from_args(args, names("jam")), "play": not args.no_play}
     # room for the longest pre-roll a slow machine may need, started by the jam
     output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
+    check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
     sys.stderr.write(f"loading {config.model} ...\n")
     app = App.build(config, listener=_JamPrinter(), output=output)
     try:

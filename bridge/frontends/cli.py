@@ -129,6 +129,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 def _run_one_shot(args: argparse.Namespace) -> int:
     from bridge.app.jobs import JobKind  # noqa: PLC0415
     from bridge.app.root import App  # noqa: PLC0415  (imports torch: keep --help fast)
+    from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.options import Request  # noqa: PLC0415
 
     mode = {"generate": "text", "continue": "continue", "melody": "melody"}[args.command]
@@ -142,6 +143,7 @@ def _run_one_shot(args: argparse.Namespace) -> int:
         from bridge.errors import NotFound  # noqa: PLC0415
 
         raise NotFound(f"clip {args.clip} does not exist: check the path")
+    check_output_folder(config.resolved_output_dir())  # refuse now, not after minutes of generating
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
     app = App.build(config, listener=ProgressListener(None if args.quiet else ProgressBar(mode)))

@@ -100,6 +100,8 @@ class Context:
     """Send a message back to the sender (the server decides where that is; safe from any thread)."""
     peers: Peers
     origin: Any = None
+    describe: Callable[[Any], Any] | None = None
+    """The requester as plain data, kept in the job journal so replies find it after a restart."""
 
     @property
     def bridge(self) -> Facts:
@@ -110,7 +112,8 @@ class Context:
         return self.app.jobs
 
     def submit(self, job_id: str, request: Any, kind: JobKind) -> Job:
-        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin)
+        reply = self.describe(self.origin) if self.describe is not None else None
+        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin, reply=reply)
 
     def fail(self, error: BridgeError, job_id: str = "") -> None:
         """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""

@@ -43,6 +43,18 @@ class UdpPeer:
     host: str
 
 
+@dataclass(frozen=True)
+class StoredPeer:
+    """A requester remembered in the job journal: its host and the ports it was answered on.
+
+    After a restart the TCP connection and the registered ports are gone; replies go to these
+    ports (UDP) and to whatever the host registers anew.
+    """
+
+    host: str
+    ports: tuple[int, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class TcpPeer:
     """A request that came on a TCP connection: replies go back on it while it is open."""
@@ -185,6 +197,28 @@ class ReplyRouter:
                 out += [(host, p) for p in ports]
             return list(dict.fromkeys(out))
 
+    # requesters as plain data, for the job journal
+    def describe(self, origin: Any) -> dict[str, Any] | None:
+        """Where replies to ``origin`` go, as JSON-able data (None: everyone, a job from MIDI or the CLI)."""
+        if isinstance(origin, TcpPeer):
+            host, transport = origin.conn.host, "tcp"
+        elif isinstance(origin, (UdpPeer, StoredPeer)):
+            host, transport = origin.host, "udp"
+        else:
+            return None
+        ports = [port for _host, port in self.targets(host)]
+        if isinstance(origin, StoredPeer):
+            ports = list(dict.fromkeys([*origin.ports, *ports]))
+        return {"host": host, "ports": ports, "transport": transport}
+
+    def origin_from(self, reply: Any) -> Any:
+        """The requester a journal record names (see :meth:`describe`); None (everyone) when it names none."""
+        if not isinstance(reply, dict) or not isinstance(reply.get("host"), str):
+            return None
+        ports = tuple(p for p in reply.get("ports", []) if isinstance(p, int) and not isinstance(p, bool)
+                      and 0 < p < 65536)
+        return StoredPeer(reply["host"], ports)
+
     # sending
     def send(self, origin: Any, address: str, args: Sequence[Any]) -> None:
         """Send one message to whoever ``origin`` is (None: everyone registered)."""
@@ -201,6 +235,8 @@ class ReplyRouter:
             targets = self.targets(origin.conn.host)  # the connection is gone: fall back to UDP
         elif isinstance(origin, UdpPeer):
             targets = self.targets(origin.host)
+        elif isinstance(origin, StoredPeer):
+            targets = list(dict.fromkeys([(origin.host, p) for p in origin.ports] + self.targets(origin.host)))
         else:
             targets = self.everyone()
         for target in targets:

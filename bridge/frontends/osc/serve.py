@@ -43,6 +43,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reply-port", type=int, default=None,
                    help=f"port replies go to on the sender's host (default {DEFAULT_REPLY_PORT})")
     p.add_argument("--output-dir", type=Path, default=None, help="where results go (default ~/MusicGenBridge/out)")
+    p.add_argument("--state-dir", type=Path, default=None, help="where the job journal lives, so queued jobs survive "
+                   "a crash (default: beside the output folder, OUT.state)")
+    p.add_argument("--fresh", action="store_true", help="start clean: jobs a crash left in the journal are not run "
+                   "again (their requesters get fail ... cancelled)")
     p.add_argument("--presets", type=Path, default=None, help="a folder of preset banks (YAML)")
     p.add_argument("--queue", type=int, default=None, help="jobs that may wait (default 16); more get busy")
     p.add_argument("--token", default=None, help="shared token every message must carry as `token <value>` "
@@ -61,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "model": args.model, "device": args.device, "precision": args.precision, "host": args.host,
         "port": args.port, "reply_port": args.reply_port, "output_dir": args.output_dir,
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
+        "state_dir": getattr(args, "state_dir", None),
     })
 
 
@@ -90,8 +95,11 @@ def run_serve(args: argparse.Namespace) -> int:
                       "(clients send `token SECRET` with every message), or listen on 127.0.0.1")
     _check_port_free(config.host, config.port)
     sys.stderr.write(f"loading {config.model} ...\n")
-    app = App.build(config)
+    app = App.build(config, journal=True)
     server = OscServer(app, config)
+    server.bind()
+    if app.recovery is not None:  # before new requests: the interrupted jobs keep their place
+        server.restore(app.recovery, fresh=args.fresh)
     server.start()
     midi = _open_midi(args, app) if getattr(args, "midi", None) is not None else None
     info = app.bridge.info()

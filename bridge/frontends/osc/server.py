@@ -36,6 +36,7 @@ from bridge.frontends.osc.transport import (
     detect_framing,
     encode_message,
 )
+from bridge.logthrottle import ThrottledLog
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -92,6 +93,7 @@ class OscServer:
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.stats = Stats()
+        self.refusals = ThrottledLog(log, interval=60.0)  # a client refused 300 times is one line and a count
         default_host = self.host if is_loopback(self.host) else "127.0.0.1"
         self.router = ReplyRouter(config.reply_port, default_host, self.stats)
         self.jobs = app.jobs
@@ -178,6 +180,11 @@ class OscServer:
         self._thread = threading.Thread(target=self._loop, name="musicgen-osc", daemon=True)
         self._thread.start()
 
+    def restore(self, recovery: Any, *, fresh: bool = False) -> None:
+        """Queue the jobs the journal held unfinished (a crash), answering their requesters as before."""
+        self.bind()  # the replies need the socket
+        self.jobs.restore(recovery.unfinished, recovery.ended, self.router.origin_from, fresh=fresh)
+
     def serve_forever(self) -> None:
         """Bind, start the job worker, and serve in this thread until :meth:`stop`."""
         self.bind()
@@ -196,6 +203,7 @@ class OscServer:
         self._close_sockets()
 
     def _close_sockets(self) -> None:
+        self.refusals.flush()
         for conn in list(self._connections):
             conn.close(linger=1.0)
         self._connections.clear()
@@ -234,6 +242,7 @@ class OscServer:
                         if mask & selectors.EVENT_WRITE:
                             what.flush()
                 self._tend_connections(selector)
+                self.refusals.tick()
             # stop() reported the cancelled jobs before setting _stop: send what is still pending
             for conn in list(self._connections):
                 conn.flush()
@@ -267,7 +276,8 @@ class OscServer:
             return
         if len(self._connections) >= self.max_connections:
             self.stats.add("tcp_refused")
-            log.warning("refusing TCP client %s: already %d connections", address, len(self._connections))
+            self.refusals.warning(("tcp", "full"), "refusing TCP client %s: already %d connections", address,
+                                  len(self._connections))
             sock.close()
             return
         sock.setblocking(False)
@@ -364,11 +374,14 @@ class OscServer:
                     f"no address {address}{self.routes.suggest(address)}: /musicgen/api/list lists them"])
                 return
             ctx = Context(address=address, app=self.app, routes=self.routes,
-                          reply=lambda a, v: self.router.send(origin, a, v), peers=self._peers(origin), origin=origin)
+                          reply=lambda a, v: self.router.send(origin, a, v), peers=self._peers(origin), origin=origin,
+                          describe=self.router.describe)
             route.call(ctx, args)
         except BridgeError as exc:
             if isinstance(exc, Unauthorized):
                 self.stats.add("unauthorized")
+            host = self._peers(origin).host
+            self.refusals.info((host, exc.code), "refused %s from %s: %s: %s", address, host, exc.code, exc.message)
             self.router.send(origin, "/musicgen/fail", [address, job_id, exc.code, exc.message])
         except Exception as exc:
             log.exception("bug while handling %s %r", address, list(args))
