@@ -105,8 +105,5 @@ def open_journal(config: Config) -> tuple[Journal, Recovery]:
     if removed:
         log.warning("removed %d temporary file(s) that a stopped bridge left half written in %s", len(removed), out)
     journal = Journal(state)
-    recovery = journal.open()
-    if recovery.moved_aside is not None:
-        log.warning("the job journal could not be read; it was moved to %s and a new one started", recovery.moved_aside)
-    return journal, recovery
+    return journal, journal.open()  # an unreadable journal is moved aside, in one log line of its own
 
