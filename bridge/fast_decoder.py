@@ -40,25 +40,30 @@ INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
 
 
 @functools.cache
-def sdpa_dtype(device_type: str, cache_dtype: torch.dtype) -> torch.dtype:
+def sdpa_dtype(device_type: str, cache_dtype: torch.dtype, queries: str = "prompt") -> torch.dtype:
     """The dtype torch's ``scaled_dot_product_attention`` is fastest in, on this machine, for a cache kept
-    in ``cache_dtype``: that dtype itself or fp32 (counting the casts).
+    in ``cache_dtype``: that dtype itself or fp32 (counting the casts). ``queries`` is ``"prompt"``
+    (many causal positions at once) or ``"step"`` (one position over a longer cache).
 
-    bf16 attention runs on AMX where the CPU has it and is several times slower than fp32 elsewhere
-    (measured on a Zen 4 EPYC: 1.19 against 0.115 ms a layer for one query over 500 positions), so this
-    is measured, once per process (``functools.cache``: the choice, not the timings, is kept), on a
-    prompt-sized causal attention. Only CPUs with a bf16 or fp16 cache have a choice to make.
+    bf16 attention runs on AMX where the CPU has it and may be several times slower than fp32
+    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer,
+    while its bf16 prompt attention was the faster), so this is measured, once per process and kind
+    (``functools.cache`` keeps the choice, not the timings). Only CPUs with a bf16 or fp16 cache have a
+    choice to make.
     """
     if device_type != "cpu" or cache_dtype == torch.float32:
         return cache_dtype
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 16, 128, 64, generator=gen).to(cache_dtype) for _ in range(3))
+    shape_q, shape_kv = ((2, 16, 128, 64), (2, 16, 128, 64)) if queries == "prompt" else ((2, 16, 1, 64),
+                                                                                           (2, 16, 512, 64))
+    q = torch.randn(shape_q, generator=gen).to(cache_dtype)
+    k, v = (torch.randn(shape_kv, generator=gen).to(cache_dtype) for _ in range(2))
     best: dict[torch.dtype, float] = {}
     with torch.inference_mode():
-        for _ in range(3):  # interleaved, the best of three: the machine may be busy
+        for _ in range(10):  # interleaved, the best of ten: the machine may be busy
             for dtype in (cache_dtype, torch.float32):
                 started = time.perf_counter()
-                F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
+                F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=queries == "prompt")
                 elapsed = time.perf_counter() - started
                 best[dtype] = min(best.get(dtype, elapsed), elapsed)
     return min(best, key=best.__getitem__)
@@ -451,7 +456,7 @@ class FastDecoder:
             # the native kernel reads the cache as stored (decoder_layers calls the same op)
             attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
         else:
-            adt = sdpa_dtype(self.device.type, dtype)
+            adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
             attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
                                                   _cast(values[:, :, :end], adt), attn_mask=mask,
                                                   is_causal=length > 1 and start == 0)
@@ -466,7 +471,7 @@ class FastDecoder:
                 attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
                                                            state.cross_mask, False)
             else:
-                adt = sdpa_dtype(self.device.type, dtype)
+                adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
                 text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
                 attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
                                                       attn_mask=text_mask)
