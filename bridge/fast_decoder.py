@@ -46,10 +46,11 @@ def sdpa_dtype(device_type: str, cache_dtype: torch.dtype, queries: str = "promp
     (many causal positions at once) or ``"step"`` (one position over a longer cache).
 
     bf16 attention runs on AMX where the CPU has it and may be several times slower than fp32
-    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer,
-    while its bf16 prompt attention was the faster), so this is measured, once per process and kind
-    (``functools.cache`` keeps the choice, not the timings). Only CPUs with a bf16 or fp16 cache have a
-    choice to make.
+    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer),
+    and torch runs prompts and single queries through different kernels, so each kind is measured
+    apart, once per process (``functools.cache`` keeps the choice, not the timings). Only CPUs with a
+    bf16 or fp16 cache have a choice to make; the native int8 path uses the kernel's own attention for
+    steps and this only for prompts.
     """
     if device_type != "cpu" or cache_dtype == torch.float32:
         return cache_dtype
