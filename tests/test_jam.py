@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from bridge import tempo
 from bridge.engine.jam import Jam, JamSettings
@@ -161,3 +162,78 @@ def test_a_slow_machine_pre_rolls_and_says_so_once(tiny_engine, tmp_path):
     needed = 12.0 * 0.5 * SLOW_MARGIN + 2.0
     assert take.preroll_seconds == pytest.approx(2.0 * -(-needed // 2.0))
     assert [e[0] for e in player.events] == ["start", "finish"]
+
+
+def _fp32_jam(engine, **settings):
+    return Jam(engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=5, top_k=50, **settings))
+
+
+def test_a_carried_jam_gives_the_tokens_of_one_uninterrupted_generation(tiny_engine):
+    """fp32: three segments continue one token stream (one generator through the jam), so the timeline is
+    what one generation of that length draws with the same seed, and the decoder ran each position once."""
+    from bridge.engine import GenerationSpec
+    from bridge.engine.decoding import Sampling
+
+    assert tiny_engine.loaded.precision == "fp32"
+    jam = _fp32_jam(tiny_engine)
+    for _ in range(3):
+        jam.next_segment()
+    frames = jam.codes.shape[-1]
+    delay = tiny_engine.loop.max_delay
+    assert frames == 3 * 100 + 4  # three 2 s bars at 50 Hz and the codec's lookahead
+    # one generation pads every codebook after its last frame: ask for the delay's frames more
+    spec = GenerationSpec(prompt=tempo.tempo_text("lofi", 120.0, 4), frames=frames + delay, seed=5,
+                          sampling=Sampling(temperature=1.0, top_k=50, guidance=3.0))
+    whole = tiny_engine.generate_codes(spec)
+    assert torch.equal(jam.codes, whole[:, :, :frames])
+    assert jam.reprompts == 0
+    assert jam.positions_run == frames + delay  # no segment re-read the context
+
+
+def test_prompt_and_guidance_changes_keep_the_decoder_state(tiny_engine):
+    """A new prompt swaps the text the decoder attends to and guidance goes to 1 and back: no re-prompt,
+    no re-read, the tokens before the change are the unchanged jam's and the ones after differ."""
+    plain, changed = _fp32_jam(tiny_engine), _fp32_jam(tiny_engine)
+    plain.next_segment()
+    changed.next_segment()
+    before = changed.codes.shape[-1]
+    for change in ({"prompt": "techno"}, {"guidance": 1.0}, {"guidance": 3.0, "prompt": ""}):
+        changed.set(change)
+        changed.next_segment()
+        plain.next_segment()
+    assert changed.reprompts == 0 and changed.positions_run == changed.codes.shape[-1] + tiny_engine.loop.max_delay
+    assert torch.equal(changed.codes[:, :, :before], plain.codes[:, :, :before])
+    assert not torch.equal(changed.codes[:, :, before : before + 100], plain.codes[:, :, before : before + 100])
+    assert (changed.codes < tiny_engine.loaded.pad_token_id).all()
+
+
+def test_the_jam_reprompts_only_when_the_window_fills(tiny_loaded):
+    """A 250-frame window holds two one-bar segments (and the lookahead); the third starts a fresh window
+    from the timeline's tail. The audio stays one continuous decode across it."""
+    from bridge.engine import Engine
+
+    engine = Engine(tiny_loaded, window_frames=250)
+    jam = _fp32_jam(engine)
+    segments = [jam.next_segment(), jam.next_segment()]
+    assert jam.reprompts == 0
+    segments += [jam.next_segment(), jam.next_segment()]
+    assert jam.reprompts >= 1
+    assert jam.codes.shape[-1] == 4 * 100 + 4 and (jam.codes < tiny_loaded.pad_token_id).all()
+    take = np.concatenate([s.audio for s in segments], axis=-1)
+    whole = engine.decode(jam.codes)[0][:, : take.shape[-1]]
+    assert take.shape[-1] == 4 * 64000 and float(np.abs(take - whole).max()) < 1e-5
+
+
+def test_a_cancelled_segment_loses_nothing(tiny_engine):
+    """Cancelled half way, the jam keeps what it sampled; the next segment continues the same tokens."""
+    from bridge.errors import Cancelled
+
+    plain, cancelled = _fp32_jam(tiny_engine), _fp32_jam(tiny_engine)
+    calls = itertools.count()
+    with pytest.raises(Cancelled):
+        cancelled.next_segment(is_cancelled=lambda: next(calls) >= 40)
+    assert 0 < cancelled.codes.shape[-1] < 104
+    for jam in (plain, cancelled):
+        jam.next_segment()
+    assert cancelled.index == 1 and cancelled.next_sample == plain.next_sample == 64000
+    assert torch.equal(cancelled.codes, plain.codes)

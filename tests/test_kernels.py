@@ -330,3 +330,93 @@ def test_a_decoder_says_when_only_some_layers_fit(kernel, tiny_engine):
     assert fast.describe().endswith("for 2 of 12 linear layers (other shapes: torch's)")
     assert FastDecoder(tiny_engine.model.decoder, "int8", native_kernels=False).describe() == (
         "torch's int8 kernel (native kernels not asked for)")
+
+
+def _attention_reference(q, keys, values, length, mask, causal):
+    """float64 maths of ``attention``: (rows, Q, H*d) out, query i of Q seeing ``length - Q + i + 1``
+    positions when causal."""
+    rows, queries, _ = q.shape
+    heads, d = keys.shape[1], keys.shape[3]
+    qh = q.double().view(rows, queries, heads, d).transpose(1, 2)  # (rows, H, Q, d)
+    scores = qh @ keys[:, :, :length].double().transpose(-1, -2) / d**0.5  # (rows, H, Q, length)
+    if mask is not None:
+        scores = scores + mask.double().reshape(rows, 1, 1, length)
+    if causal:
+        visible = torch.arange(length)[None, :] <= torch.arange(length - queries, length)[:, None]
+        scores = scores.masked_fill(~visible, float("-inf"))
+    out = scores.softmax(-1) @ values[:, :, :length].double()
+    return out.transpose(1, 2).reshape(rows, queries, heads * d)
+
+
+def _cache(rows: int, heads: int, capacity: int, d: int, dtype: torch.dtype, gen: torch.Generator):
+    keys = torch.randn(rows, heads, capacity, d, generator=gen).to(dtype)
+    values = torch.randn(rows, heads, capacity, d, generator=gen).to(dtype)
+    return keys, values
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "heads", "d", "queries"), [(2, 16, 64, 1), (1, 3, 16, 1), (3, 2, 32, 3),
+                                                              (2, 1, 128, 16)])
+def test_attention_matches_float64_at_every_length(kernel, dtype, rows, heads, d, queries):
+    """Every length from the queries' count to 70 (the vector loops' tails), causal, on a cache longer
+    than what is read (positions past ``length`` must not count)."""
+    gen = torch.Generator().manual_seed(rows * 100 + heads + d)
+    keys, values = _cache(rows, heads, 80, d, dtype, gen)
+    keys[:, :, 70:] = 1e4  # never read: would swamp the softmax if it were
+    for length in range(queries, 71):
+        q = torch.randn(rows, queries, heads * d, generator=gen) * 2
+        got = torch.ops.musicgen_bridge.attention(q, keys, values, length, None, True)
+        want = _attention_reference(q, keys, values, length, None, True)
+        assert got.dtype == torch.float32 and got.shape == (rows, queries, heads * d)
+        error = float((got.double() - want).abs().max())
+        assert error < 2e-5, (length, error)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_with_a_text_mask_and_strided_inputs(kernel, dtype):
+    """Cross-attention as the decoder calls it: keys and values as head views of (rows, T, H*d), q a slice
+    of a wider tensor, an additive mask (one row without any text attends uniformly), no causality."""
+    gen = torch.Generator().manual_seed(11)
+    rows, heads, d, text = 2, 4, 64, 9
+    flat_k = torch.randn(rows, text, heads * d, generator=gen).to(dtype)
+    flat_v = torch.randn(rows, text, heads * d, generator=gen).to(dtype)
+    flat_v[1] = 0.0
+    keys = flat_k.view(rows, text, heads, d).transpose(1, 2)  # not contiguous
+    values = flat_v.view(rows, text, heads, d).transpose(1, 2)
+    allowed = torch.tensor([[1] * 6 + [0] * 3, [0] * 9], dtype=torch.bool)
+    mask = torch.zeros(rows, 1, 1, text, dtype=dtype).masked_fill(~allowed[:, None, None, :], torch.finfo(dtype).min)
+    wide = torch.randn(rows, 1, 3 * heads * d, generator=gen)
+    q = wide[..., : heads * d]  # strided rows, as the fused q/k/v output's slice
+    got = torch.ops.musicgen_bridge.attention(q, keys, values, text, mask, False)
+    want = _attention_reference(q, keys, values, text, mask.float(), False)
+    assert float((got.double() - want).abs().max()) < 2e-5
+    assert float(got[1].abs().max()) == 0.0  # no text: the (zero) values of the text's padding
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        q.view(rows, 1, heads, d).transpose(1, 2).to(dtype), keys, values, attn_mask=mask)
+    torch.testing.assert_close(got, sdpa.transpose(1, 2).reshape(rows, 1, heads * d).float(), rtol=2e-2,
+                               atol=2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda k, v: (torch.zeros(2, 1, 64), k, v, 11), "fit the cache"),
+    (lambda k, v: (torch.zeros(2, 2, 64), k, v, 1), "cover the queries"),
+    (lambda k, v: (torch.zeros(2, 1, 64, dtype=torch.bfloat16), k, v, 4), "float32"),
+    (lambda k, v: (torch.zeros(2, 1, 64), k.half(), v.half(), 4), "float32 or bfloat16"),
+    (lambda k, v: (torch.zeros(2, 1, 64), k, v.bfloat16(), 4), "one dtype"),
+    (lambda k, v: (torch.zeros(2, 1, 40), k[..., :10], v[..., :10], 4), "multiple of 16"),
+])
+def test_attention_refuses_what_it_cannot_do(kernel, call, match):
+    keys, values = torch.zeros(2, 4, 10, 16), torch.zeros(2, 4, 10, 16)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.musicgen_bridge.attention(*call(keys, values), None, True)
+
+
+@needs_kernel
+def test_dequantized_weights_are_the_scaled_int8_ones_in_bf16(kernel):
+    q, scales = _quantized(12, 192, seed=8)
+    got = torch.ops.musicgen_bridge.dequantize_int8(kernels.pack_int8_weight(q), scales)
+    assert got.dtype == torch.bfloat16 and got.shape == (12, 192)
+    assert torch.equal(got, (q.float() * scales[:, None]).bfloat16())

@@ -63,6 +63,28 @@ def test_fast_and_reference_agree_with_a_prompt_and_sampling(tiny_engine):
     assert torch.equal(fast, ref)
 
 
+def test_a_stream_continued_on_a_new_text_matches_transformers(tiny_engine):
+    """The jam's conditioning swap: a stream advanced in three calls, the text changed before the second
+    and sampling to guidance 1 in the third, gives transformers' tokens (its cross-attention cache
+    emptied at the swap) in fp32."""
+    sampling = Sampling(guidance=3.0, top_k=50)
+    first, second = (tiny_engine.condition(text, 1, sampling, None) for text in ("warm pads", "fast techno"))
+    runs = []
+    for reference in (True, False):
+        stream = tiny_engine.loop.stream(first, 1, 120, guided=True, reference=reference)
+        gen = torch.Generator().manual_seed(2)
+        stream.advance(30, sampling, gen)
+        stream.set_conditioning(second)
+        stream.advance(60, sampling, gen)
+        assert stream.advance(90, Sampling(guidance=1.0, top_k=50), gen) == 90
+        runs.append(stream.codes[:, :, :90])
+    assert torch.equal(runs[0], runs[1])
+    unchanged = tiny_engine.loop.stream(first, 1, 120, guided=True)
+    unchanged.advance(60, sampling, torch.Generator().manual_seed(2))
+    assert torch.equal(unchanged.codes[:, :, :30], runs[1][:, :, :30])  # complete before the swap
+    assert not torch.equal(unchanged.codes[:, :, 30:60], runs[1][:, :, 30:60])
+
+
 @pytest.mark.slow
 def test_small_architecture_fp32_greedy_equals_generate():
     """The real musicgen-small shapes (random weights): the engine's tokens are generate's, 30 frames."""
@@ -195,6 +217,13 @@ def test_bench_command_writes_json_and_a_table(tmp_path):
     assert len(jam["generation_over_length"]) == 3 and jam["generation_over_length_max"] > 0
     assert 0 < jam["time_to_first_segment"] <= sum(jam["generation_seconds"])
     assert "jam: 3 segments of 2.00 s" in proc.stdout
+    # the jam's cost against plain generation's, per second of audio, and its growth, from the same numbers
+    per_second = data["bridge"]["seconds"] / data["audio_seconds"]
+    assert jam["over_bridge"] == pytest.approx(jam["generation_over_length_median"] / per_second)
+    ratios = jam["generation_over_length"]
+    assert jam["edge_segments"] == 1 and jam["late_over_early"] == pytest.approx(ratios[-1] / ratios[0])
+    assert jam["reprompts"] == 0 and jam["frames"] == 3 * 100 + 4 and jam["positions_run"] == jam["frames"] + 3
+    assert "jam segments (s): " in proc.stdout and "late / early step" in proc.stdout
 
 
 def test_bench_rejects_bad_arguments():

@@ -69,6 +69,9 @@ class Stepper(Protocol):
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor: ...
 
+    def set_conditioning(self, cond: Conditioning) -> None:
+        """Attend to ``cond`` from the next call on, keeping the positions already cached."""
+
 
 class ReferenceStepper:
     """transformers' decoder module with a ``DynamicCache``: exactly what ``generate`` runs."""
@@ -82,9 +85,18 @@ class ReferenceStepper:
         self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         self.first = True
 
+    def set_conditioning(self, cond: Conditioning) -> None:
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache  # noqa: PLC0415
+
+        if cond.prefix is not None or self.cond.prefix is not None:
+            raise ValueError("a prefix (melody) is part of the sequence: re-prompt to change it")
+        self.cond = cond
+        # an empty cross-attention cache: transformers projects the new text at the next call
+        self.cache = EncoderDecoderCache(self.cache.self_attention_cache, DynamicCache())
+
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = input_ids.shape[0]
-        kwargs: dict[str, object] = {"past_key_values": self.cache, "use_cache": True}
+        kwargs: dict[str, object] = {"cache": self.cache, "use_cache": True}
         if self.cond.prefix is not None:
             if self.first:
                 kwargs["encoder_hidden_states"] = self.cond.prefix
@@ -104,11 +116,20 @@ class FastStepper:
                  use_graph: bool = False) -> None:
         self.fast = fast
         self.prefix = cond.prefix
+        self.has_prefix = cond.prefix is not None
         if cond.prefix is not None:
             capacity += int(cond.prefix.shape[1])
         self.state: DecoderState = fast.start(rows, capacity, cond.encoder_hidden_states,
                                               cond.encoder_attention_mask, zero=use_graph)
+        self.rows = rows
         self.graph = GraphedStep(fast, self.state, rows) if use_graph else None
+
+    def set_conditioning(self, cond: Conditioning) -> None:
+        if cond.prefix is not None or self.has_prefix:
+            raise ValueError("a prefix (melody) is part of the sequence: re-prompt to change it")
+        self.fast.set_conditioning(self.state, cond.encoder_hidden_states, cond.encoder_attention_mask)
+        if self.graph is not None:  # the captured graph reads the old text's tensors
+            self.graph = GraphedStep(self.fast, self.state, self.rows)
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.graph is not None and self.state.length > 0 and input_ids.shape[-1] == 1:
@@ -136,7 +157,8 @@ class TokenLoop:
 
     ``decoder`` is the checkpoint's ``MusicgenForCausalLM`` (or the melody variant); ``fast``, when
     given, is the same decoder prepared by :class:`FastDecoder` and does the work (``decoder`` is then
-    only the reference). The loop holds no state between calls: each :meth:`run` builds its own cache.
+    only the reference). The loop holds no state between calls: :meth:`run` builds its own
+    :class:`TokenStream`, and a caller that continues (the jam) keeps one from :meth:`stream`.
     """
 
     def __init__(self, decoder: torch.nn.Module, num_codebooks: int, channels: int, pad_token_id: int,
@@ -161,6 +183,11 @@ class TokenLoop:
         use_graph = self.cuda_graphs and self.fast.device.type == "cuda"
         return FastStepper(self.fast, cond, rows, capacity, use_graph=use_graph)
 
+    def stream(self, cond: Conditioning, batch: int, capacity: int, guided: bool,
+               prompt: torch.Tensor | None = None, frames: int | None = None, reference: bool = False) -> TokenStream:
+        """A :class:`TokenStream` of up to ``capacity`` frames; see there."""
+        return TokenStream(self, cond, batch, capacity, guided, prompt=prompt, frames=frames, reference=reference)
+
     @torch.inference_mode()
     def run(
         self,
@@ -179,78 +206,139 @@ class TokenLoop:
 
         ``reference`` runs transformers' decoder module instead of the fast one (for tests).
         """
-        k_books = self.num_codebooks
-        device = next(self.decoder.parameters()).device
-        prompt_frames = 0 if prompt is None else int(prompt.shape[-1])
-        if prompt_frames >= frames:
+        if prompt is not None and int(prompt.shape[-1]) >= frames:
             raise ValueError("the prompt is as long as the asked length: nothing to generate")
-        length = frames + self.max_delay + 1  # start token, the frames, the delay tail
-        delays = torch.tensor(self.delays, device=device)
-        positions = torch.arange(length, device=device)
-        frame_of = positions[None, :] - 1 - delays[:, None]  # (K, L): frame held at each position
-        in_range = (frame_of >= 0) & (frame_of < frames)
-        # forced[k, p] = token that must stand at p regardless of sampling (-1 = free)
-        forced = torch.full((batch, k_books, length), -1, dtype=torch.long, device=device)
-        forced[:, ~in_range] = self.pad
-        if prompt is not None:
-            is_prompt = in_range & (frame_of < prompt_frames)
-            idx = frame_of.clamp(min=0, max=max(prompt_frames - 1, 0))
-            gathered = prompt.to(device).gather(2, idx[None].expand(batch, -1, -1))
-            forced = torch.where(is_prompt[None], gathered, forced)
-        seq = forced.clone()
-        seq[:, :, 0] = self.pad  # start token (transformers uses the pad id for it)
-        rows = 2 * batch if sampling.uses_guidance else batch
-        books = torch.arange(k_books, device=device)
+        stream = self.stream(cond, batch, frames, sampling.uses_guidance, prompt=prompt, frames=frames,
+                             reference=reference)
+        stream.advance(frames, sampling, generator, on_step=on_step, is_cancelled=is_cancelled,
+                       frames_out=frames_out)
+        return stream.codes[:, :, :frames]
 
-        step = self.stepper(cond, rows, length, reference=reference)
-        start = prompt_frames + 1  # first position codebook 0 has to predict
-        first_input = seq[:, :, :start]
-        if sampling.uses_guidance:
-            first_input = first_input.repeat(2, 1, 1)
-        logits = step(first_input)
-        steps = 0
-        for pos in range(start, length):
+
+class TokenStream:
+    """One window of the token loop, kept between calls so a caller can continue it (the jam).
+
+    It holds the delayed token sequence, the stepper's cache and the position reached: each
+    :meth:`advance` samples on from there, so continuing costs only the new steps, and the sampling
+    (temperature, top-k, guidance) may change between calls. Frames complete in every codebook are
+    undelayed into :attr:`codes` as they finish; :attr:`complete` counts them (prompt frames
+    included). ``capacity`` is the most frames the window holds; ``frames``, when given, is the
+    piece's final length, after which every codebook is padded (as in a one-shot generation), so a
+    stream without it only differs from a one-shot one in the tail the one-shot pads.
+
+    ``guided`` runs the unconditional rows too (the conditioning must hold them, conditional rows
+    first). A guided stream can sample with guidance 1 (it then uses the conditional rows' logits and
+    keeps the others up to date), so guidance can come back later without re-reading the context.
+    """
+
+    def __init__(self, loop: TokenLoop, cond: Conditioning, batch: int, capacity: int, guided: bool,
+                 prompt: torch.Tensor | None = None, frames: int | None = None, reference: bool = False) -> None:
+        k_books = loop.num_codebooks
+        device = next(loop.decoder.parameters()).device
+        self.loop = loop
+        self.batch = batch
+        self.guided = guided
+        self.prompt_frames = 0 if prompt is None else int(prompt.shape[-1])
+        self.capacity = capacity if frames is None else min(capacity, frames)
+        if self.prompt_frames >= self.capacity:
+            raise ValueError("the prompt fills the window: nothing to generate")
+        self.length = self.capacity + loop.max_delay + 1  # start token, the frames, the delay tail
+        self.delays = torch.tensor(loop.delays, device=device)
+        positions = torch.arange(self.length, device=device)
+        frame_of = positions[None, :] - 1 - self.delays[:, None]  # (K, L): frame held at each position
+        in_range = (frame_of >= 0) & (frame_of < self.capacity)
+        # forced[b, k, p] = token that must stand at p regardless of sampling (-1 = free)
+        self.forced = torch.full((batch, k_books, self.length), -1, dtype=torch.long, device=device)
+        self.forced[:, ~in_range] = loop.pad
+        self.codes = torch.full((batch, k_books, self.capacity), loop.pad, dtype=torch.long, device=device)
+        if prompt is not None:
+            is_prompt = in_range & (frame_of < self.prompt_frames)
+            idx = frame_of.clamp(min=0, max=max(self.prompt_frames - 1, 0))
+            gathered = prompt.to(device).gather(2, idx[None].expand(batch, -1, -1))
+            self.forced = torch.where(is_prompt[None], gathered, self.forced)
+            self.codes[:, :, : self.prompt_frames] = prompt.to(device)
+        self.seq = self.forced.clone()
+        self.seq[:, :, 0] = loop.pad  # start token (transformers uses the pad id for it)
+        self.books = torch.arange(k_books, device=device)
+        rows = 2 * batch if guided else batch
+        self.step = loop.stepper(cond, rows, self.length, reference=reference)
+        self.pos = self.prompt_frames + 1  # the next position to sample
+        self.fed = 0  # positions the decoder has seen
+        self.steps = 0
+
+    @property
+    def complete(self) -> int:
+        """Frames complete in every codebook (the prompt's included)."""
+        return max(self.prompt_frames, min(self.capacity, self.pos - 1 - self.loop.max_delay))
+
+    @property
+    def full(self) -> bool:
+        """Whether every position of the window is sampled."""
+        return self.pos >= self.length
+
+    def set_conditioning(self, cond: Conditioning) -> None:
+        """Condition the steps from here on ``cond`` (same rows), keeping the cache of what came before."""
+        self.step.set_conditioning(cond)
+
+    @torch.inference_mode()
+    def advance(self, until: int, sampling: Sampling, generator: torch.Generator | None,
+                on_step: StepCallback | None = None, is_cancelled: Callable[[], bool] | None = None,
+                frames_out: torch.Tensor | None = None) -> int:
+        """Sample until ``until`` frames are complete or the window is full; returns :attr:`complete`.
+
+        ``frames_out`` (B, K, capacity), when given, also receives each frame as it completes.
+        """
+        if sampling.uses_guidance and not self.guided:
+            raise ValueError("this stream runs no unconditional rows: it cannot sample with guidance")
+        max_delay = self.loop.max_delay
+        seq = self.seq
+        while self.pos < self.length and self.complete < until:
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("cancelled while generating")
-            tokens = self._pick(logits, batch, sampling, generator)
-            column = forced[:, :, pos]
+            step_input = seq[:, :, self.fed : self.pos]
+            if self.guided:
+                step_input = step_input.repeat(2, 1, 1)
+            logits = self.step(step_input)
+            self.fed = self.pos
+            if self.guided and not sampling.uses_guidance:
+                logits = logits[: self.batch]
+            tokens = pick_tokens(logits, self.batch, sampling, generator)
+            pos = self.pos
+            column = self.forced[:, :, pos]
             seq[:, :, pos] = torch.where(column >= 0, column, tokens)
-            steps += 1
-            frame = pos - 1 - self.max_delay  # the frame this step completed in every codebook
-            if frames_out is not None and 0 <= frame < frames:
+            self.pos = pos + 1
+            self.steps += 1
+            frame = pos - 1 - max_delay  # the frame this step completed in every codebook
+            if 0 <= frame < self.capacity:
                 # undelay it now, so streaming can decode it before the window ends
-                frames_out[:, :, frame] = seq[:, books, frame + 1 + delays]
+                self.codes[:, :, frame] = seq[:, self.books, frame + 1 + self.delays]
+                if frames_out is not None:
+                    frames_out[:, :, frame] = self.codes[:, :, frame]
             if on_step is not None:
-                on_step(min(frames, max(0, frame + 1)), steps)
-            if pos + 1 < length:
-                step_input = seq[:, :, pos : pos + 1]
-                if sampling.uses_guidance:
-                    step_input = step_input.repeat(2, 1, 1)
-                logits = step(step_input)
-        # undo the delay: frame f of codebook k sits at position f + 1 + delay[k]
-        gather_idx = (torch.arange(frames, device=device)[None, :] + 1 + delays[:, None])[None].expand(batch, -1, -1)
-        return seq.gather(2, gather_idx)
+                on_step(min(self.capacity, max(0, frame + 1)), self.steps)
+        return self.complete
 
-    @staticmethod
-    def _pick(logits: torch.Tensor, batch: int, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-        """Guidance, temperature, top-k, top-p, then a draw (or argmax); (rows, K, V) -> (batch, K)."""
-        if sampling.uses_guidance:
-            cond, uncond = logits[:batch], logits[batch:]
-            logits = uncond + (cond - uncond) * sampling.guidance
-        if sampling.greedy:
-            return logits.argmax(dim=-1)
-        logits = logits / sampling.temperature
-        vocab = logits.shape[-1]
-        if 0 < sampling.top_k < vocab:
-            kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if 0.0 < sampling.top_p < 1.0:
-            sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
-            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            remove_sorted = cumulative <= (1 - sampling.top_p)
-            remove_sorted[..., -1:] = False
-            remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-            logits = logits.masked_fill(remove, float("-inf"))
-        probs = logits.softmax(dim=-1).reshape(-1, vocab)
-        drawn = torch.multinomial(probs, 1, generator=generator)
-        return drawn.reshape(logits.shape[:-1])
+
+def pick_tokens(logits: torch.Tensor, batch: int, sampling: Sampling, generator: torch.Generator | None
+                ) -> torch.Tensor:
+    """Guidance, temperature, top-k, top-p, then a draw (or argmax); (rows, K, V) -> (batch, K)."""
+    if sampling.uses_guidance:
+        cond, uncond = logits[:batch], logits[batch:]
+        logits = uncond + (cond - uncond) * sampling.guidance
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    vocab = logits.shape[-1]
+    if 0 < sampling.top_k < vocab:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0.0 < sampling.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - sampling.top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    probs = logits.softmax(dim=-1).reshape(-1, vocab)
+    drawn = torch.multinomial(probs, 1, generator=generator)
+    return drawn.reshape(logits.shape[:-1])

@@ -24,6 +24,8 @@ tokens of one step into the logits of the next. Precisions (``weights``):
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +37,37 @@ from bridge.engine import kernels
 
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
+
+
+@functools.cache
+def sdpa_dtype(device_type: str, cache_dtype: torch.dtype, queries: str = "prompt") -> torch.dtype:
+    """The dtype torch's ``scaled_dot_product_attention`` is fastest in, on this machine, for a cache kept
+    in ``cache_dtype``: that dtype itself or fp32 (counting the casts). ``queries`` is ``"prompt"``
+    (many causal positions at once) or ``"step"`` (one position over a longer cache).
+
+    bf16 attention runs on AMX where the CPU has it and may be several times slower than fp32
+    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer),
+    and torch runs prompts and single queries through different kernels, so each kind is measured
+    apart, once per process (``functools.cache`` keeps the choice, not the timings). Only CPUs with a
+    bf16 or fp16 cache have a choice to make; the native int8 path uses the kernel's own attention for
+    steps and this only for prompts.
+    """
+    if device_type != "cpu" or cache_dtype == torch.float32:
+        return cache_dtype
+    gen = torch.Generator().manual_seed(0)
+    shape_q, shape_kv = ((2, 16, 128, 64), (2, 16, 128, 64)) if queries == "prompt" else ((2, 16, 1, 64),
+                                                                                           (2, 16, 512, 64))
+    q = torch.randn(shape_q, generator=gen).to(cache_dtype)
+    k, v = (torch.randn(shape_kv, generator=gen).to(cache_dtype) for _ in range(2))
+    best: dict[torch.dtype, float] = {}
+    with torch.inference_mode():
+        for _ in range(10):  # interleaved, the best of ten: the machine may be busy
+            for dtype in (cache_dtype, torch.float32):
+                started = time.perf_counter()
+                F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=queries == "prompt")
+                elapsed = time.perf_counter() - started
+                best[dtype] = min(best.get(dtype, elapsed), elapsed)
+    return min(best, key=best.__getitem__)
 
 
 def _has_mkldnn_linear() -> bool:
@@ -96,10 +129,10 @@ class PackedLinear:
             if flat.shape[0] <= kernels.MAX_ROWS:
                 out = torch.ops.musicgen_bridge.int8_linear(flat, self.weight, self.scales)
             else:
-                # a prompt's many rows: a GEMM in bf16 (AMX where the CPU has it: ~4x the fp32 one here)
-                bf16 = torch.bfloat16
-                weight = kernels.unpack_int8_weight(self.weight).to(bf16) * self.scales[:, None].to(bf16)
-                out = F.linear(flat.to(bf16), weight).float()
+                # a prompt's many rows: a GEMM in bf16 (AMX where the CPU has it; elsewhere still the
+                # fastest GEMM measured, ~2x fp32 on a Zen 4 EPYC), on weights dequantized in one pass
+                weight = torch.ops.musicgen_bridge.dequantize_int8(self.weight, self.scales)
+                out = F.linear(flat.to(torch.bfloat16), weight).float()
         elif self.kind == "mkldnn":
             out = torch.ops.mkldnn._linear_pointwise(flat, self.weight, None, "none", [], "")
         elif self.kind == "int4":
@@ -228,7 +261,9 @@ class FastDecoder:
             heads = torch.cat([h.weight.detach() for h in causal_lm.lm_heads])  # (K*V, D)
             self.lm_heads = PackedLinear(heads, "bf16" if weights in ("int8", "int4") else weights, self.device)
         self.has_cross = self.layers[0].q_cross is not None
-        self.native_step = native and self._whole_layers_native()
+        # the native attention over the cache (few queries); prompts of many positions keep torch's SDPA
+        self.native_attention = native and self.head_dim % 16 == 0 and self.head_dim <= 256
+        self.native_step = self.native_attention and self._whole_layers_native()
         self.norm_eps = self.layers[0].norm_self.eps
 
     def _layer(self, layer: Any, weights: str, fuse: bool, native: bool) -> _Layer:
@@ -293,10 +328,22 @@ class FastDecoder:
         shape = (rows, self.heads, capacity, self.head_dim)
         keys = [alloc(shape, dtype=self.compute_dtype, device=self.device) for _ in self.layers]
         values = [alloc(shape, dtype=self.compute_dtype, device=self.device) for _ in self.layers]
+        state = DecoderState(keys, values, [], None)
+        self.set_conditioning(state, encoder_hidden_states, encoder_attention_mask)
+        return state
+
+    @torch.inference_mode()
+    def set_conditioning(self, state: DecoderState, encoder_hidden_states: torch.Tensor | None,
+                         encoder_attention_mask: torch.Tensor | None = None) -> None:
+        """Project the text's keys and values into ``state`` (replacing any there): the positions already
+        cached stay, the next ones attend to this text. Rows must match the state's."""
         cross: list[tuple[torch.Tensor, torch.Tensor]] = []
         cross_mask = None
         if self.has_cross and encoder_hidden_states is not None:
             states = encoder_hidden_states.to(self.device)
+            if state.keys and states.shape[0] != state.keys[0].shape[0]:
+                raise ValueError(f"the text has {states.shape[0]} rows, the decoder state "
+                                 f"{state.keys[0].shape[0]}")
             for layer in self.layers:
                 assert layer.k_cross is not None and layer.v_cross is not None
                 k = F.linear(states.to(layer.k_cross.dtype), layer.k_cross)
@@ -308,10 +355,9 @@ class FastDecoder:
                 # where a boolean mask would give NaN
                 cross_mask = torch.zeros(allowed.shape, dtype=self.compute_dtype, device=self.device)
                 cross_mask.masked_fill_(~allowed, torch.finfo(self.compute_dtype).min)
-        state = DecoderState(keys, values, cross, cross_mask)
+        state.cross, state.cross_mask = cross, cross_mask
         if self.native_step:
             state.native_params = self._native_params(state)
-        return state
 
     def _whole_layers_native(self) -> bool:
         """Whether every layer can run as one native call per step: every linear on the native int8
@@ -406,18 +452,32 @@ class FastDecoder:
         keys, values = state.keys[index], state.values[index]
         keys[:, :, start:end] = self._split(k)
         values[:, :, start:end] = self._split(v)
-        attn = F.scaled_dot_product_attention(self._split(_cast(q, dtype)), keys[:, :, :end], values[:, :, :end],
-                                              attn_mask=mask, is_causal=length > 1 and start == 0)
-        attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-        hidden = layer.out_self.fused(attn, residual=hidden)
+        native = self.native_attention and length <= kernels.MAX_ROWS
+        if native:
+            # the native kernel reads the cache as stored (decoder_layers calls the same op)
+            attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
+        else:
+            adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
+            attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
+                                                  _cast(values[:, :, :end], adt), attn_mask=mask,
+                                                  is_causal=length > 1 and start == 0)
+            attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
+        hidden = layer.out_self.fused(_cast(attn, linear_dtype), residual=hidden)
         if layer.q_cross is not None and layer.out_cross is not None and state.cross:
             assert layer.norm_cross is not None
             x = _cast(layer.norm_cross(hidden), linear_dtype)
             ck, cv = state.cross[index]
-            attn = F.scaled_dot_product_attention(self._split(_cast(layer.q_cross(x), dtype)), ck, cv,
-                                                  attn_mask=state.cross_mask)
-            attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-            hidden = layer.out_cross.fused(attn, residual=hidden)
+            q = layer.q_cross(x)
+            if native:
+                attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
+                                                           state.cross_mask, False)
+            else:
+                adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
+                text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
+                attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
+                                                      attn_mask=text_mask)
+                attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
+            hidden = layer.out_cross.fused(_cast(attn, linear_dtype), residual=hidden)
         x = _cast(layer.norm_mlp(hidden), linear_dtype)
         inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
         return layer.fc2.fused(inner, residual=hidden)

@@ -1,10 +1,16 @@
 """The jam: MusicGen keeps continuing its own output, segment after segment, in whole bars.
 
-Each segment continues from the tokens already generated (the tail of the token timeline is the
-next prompt; the bridge never re-encodes its own audio), so the audio is one continuous stream cut
-at bar boundaries on the absolute sample grid. Changes (prompt, temperature, guidance, ...) wait
-for the next segment. No threads here: a runner (``jam_runner.py``/the daemon) calls
-:meth:`Jam.next_segment` from the worker that owns the engine.
+The jam keeps one :class:`bridge.engine.decoding.TokenStream` going: its KV cache, positions and the text's
+keys and values carry over, so a segment costs only its own steps, never a re-read of the context.
+Its tokens are exactly those of one uninterrupted generation with the same seed (one generator runs
+through the jam; a ``seed`` change re-seeds it at that segment). The audio is one continuous stream
+cut at bar boundaries on the absolute sample grid. Changes (prompt, temperature, guidance, ...) wait
+for the next segment: sampling ones just apply, a new prompt swaps the text the decoder attends to
+(the cached positions stay), and the stream always runs the guidance batch's two rows, so guidance
+can go to 1 and back without re-reading anything. Only when the model's window (~30 s of positions)
+fills does the jam re-prompt a fresh window from the last ``context_seconds`` of tokens (melody
+checkpoints also on a prompt change: their text is part of the sequence). No threads here: a runner
+(``jam_runner.py``/the daemon) calls :meth:`Jam.next_segment` from the worker that owns the engine.
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import numpy as np
 import torch
 
 from bridge import tempo
-from bridge.engine.decoding import Sampling
-from bridge.engine.engine import Engine, GenerationSpec
+from bridge.engine.decoding import Sampling, TokenStream
+from bridge.engine.engine import Engine
 from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 from bridge.errors import BadArgs
 from bridge.options import OPTIONS, closest, convert_option, jam_default, names
@@ -85,6 +91,13 @@ class Jam:
         self.next_sample = 0  # where the next segment starts on the absolute grid (model rate)
         self._grid_bars = 0  # bars since the last tempo change
         self._grid_origin = 0  # sample where the current tempo's grid starts
+        self._stream: TokenStream | None = None
+        self._stream_start = 0  # the frame of the timeline where the stream's window starts
+        self._text: str | None = None  # the text the stream attends to
+        self._seed = self._settings.seed
+        self._generator = torch.Generator(device=engine.loaded.device).manual_seed(self._seed)
+        self.reprompts = 0  # fresh windows started from the timeline's tail (the window filled)
+        self.positions_run = 0  # positions the decoder has read, prompts of fresh windows included
 
     @property
     def settings(self) -> JamSettings:
@@ -125,18 +138,20 @@ class Jam:
         start = self.next_sample
         end = self._boundary(self._grid_bars + s.bars, s)
         need_frames = -(-end // hop) + DEFAULT_LOOKAHEAD
-        have = self.codes.shape[-1]
-        if need_frames > have:
-            new = need_frames - have
-            context = min(have, round(s.context_seconds * eng.loaded.frame_rate), eng.window_frames - new - 1)
-            prompt = self.codes[:, :, have - context :] if context > 0 else None
+        if need_frames > self.codes.shape[-1]:
+            if s.seed != self._seed:
+                self._seed = s.seed
+                self._generator.manual_seed(s.seed)
             text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""
             sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                 guidance=s.guidance if text else 1.0)
-            spec = GenerationSpec(prompt=text, frames=context + new, sampling=sampling,
-                                  seed=s.seed + self.index, prompt_codes=prompt)
-            fresh = eng.generate_codes(spec, is_cancelled=is_cancelled)
-            self.codes = torch.cat([self.codes, fresh[:, :, context:]], dim=-1)
+            stream = self._stream_for(text, need_frames, s)
+            fed = stream.fed
+            try:
+                stream.advance(need_frames - self._stream_start, sampling, self._generator, is_cancelled=is_cancelled)
+            finally:
+                self.positions_run += stream.fed - fed
+                self._take_frames()
         first = max(0, start // hop - DEFAULT_LEFT_CONTEXT)
         region = eng.decode(self.codes[:, :, first:need_frames])[0]
         audio = region[:, start - first * hop : end - first * hop]
@@ -146,3 +161,44 @@ class Jam:
         self._grid_bars += s.bars
         self.next_sample = end
         return segment
+
+    def _take_frames(self) -> None:
+        """Append the frames the stream completed since the last call (also after a cancelled one)."""
+        stream = self._stream
+        if stream is None:
+            return
+        have = self.codes.shape[-1] - self._stream_start
+        if stream.complete > have:
+            self.codes = torch.cat([self.codes, stream.codes[:, :, have : stream.complete]], dim=-1)
+
+    def _stream_for(self, text: str, need_frames: int, s: JamSettings) -> TokenStream:
+        """The stream to continue: the one running, conditioned on ``text``, or a fresh window when
+        there is none or ``need_frames`` would not fit in it."""
+        eng = self.engine
+        stream = self._stream
+        fits = stream is not None and need_frames - self._stream_start <= stream.capacity
+        if stream is not None and fits and text != self._text:
+            try:
+                stream.set_conditioning(self._condition(text))
+            except ValueError:  # melody checkpoints: the text is part of the sequence
+                fits = False
+            else:
+                self._text = text
+        if stream is not None and fits:
+            return stream
+        self._take_frames()
+        have = self.codes.shape[-1]
+        new = need_frames - have
+        if new >= eng.window_frames:
+            raise BadArgs(f"a jam segment of {new} frames does not fit the model's window of {eng.window_frames}")
+        context = min(have, round(s.context_seconds * eng.loaded.frame_rate), eng.window_frames - new - 1)
+        prompt = self.codes[:, :, have - context :] if context > 0 else None
+        if stream is not None:
+            self.reprompts += 1
+        self._stream = eng.loop.stream(self._condition(text), 1, eng.window_frames, guided=True, prompt=prompt)
+        self._stream_start, self._text = have - context, text
+        return self._stream
+
+    def _condition(self, text: str) -> Any:
+        # both rows of the guidance batch always: guidance may change at any segment
+        return self.engine.condition(text, 1, Sampling(guidance=3.0), None)

@@ -219,7 +219,8 @@ class Bench:
 
 
 def time_jam(bench: Bench, segments: int, bars: int) -> dict[str, Any]:
-    """Run the jam as the daemon does (each segment continues the tokens of the ones before) and time it."""
+    """Run the jam as the daemon does (each segment continues the decoder state of the ones before) and
+    time it: each segment's generation (and decode) time over its length."""
     from bridge.engine.jam import Jam, JamSettings  # noqa: PLC0415
 
     jam = Jam(bench.engine, JamSettings(prompt=bench.prompt, bpm=120.0, bars=bars, seed=bench.seed))
@@ -233,11 +234,17 @@ def time_jam(bench: Bench, segments: int, bars: int) -> dict[str, Any]:
             first = time.perf_counter() - started
         lengths.append(segment.audio.shape[-1] / bench.engine.sample_rate)
         times.append(segment.generation_seconds)
+        sys.stderr.write(f"jam segment {index + 1}/{segments}: {segment.generation_seconds:.2f} s\n")
     ratios = [t / a for t, a in zip(times, lengths, strict=True)]
+    edge = min(3, max(1, segments // 2))
     return {"segments": segments, "bars": bars, "bpm": 120.0, "segment_seconds": lengths,
             "generation_seconds": times, "generation_over_length": ratios,
             "generation_over_length_median": statistics.median(ratios),
-            "generation_over_length_max": max(ratios), "time_to_first_segment": first}
+            "generation_over_length_max": max(ratios), "time_to_first_segment": first,
+            # does the cost grow with the jam? the last segments' median over the first ones'
+            "late_over_early": statistics.median(ratios[-edge:]) / statistics.median(ratios[:edge]),
+            "edge_segments": edge, "reprompts": jam.reprompts, "positions_run": jam.positions_run,
+            "frames": int(jam.codes.shape[-1])}
 
 
 def _summary(runs: list[RunTiming], frames: int, frame_rate: float) -> dict[str, Any]:
@@ -293,6 +300,11 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def _late_over_early(data: dict[str, Any]) -> float | None:
+    early, late = data.get("ms_per_step_early"), data.get("ms_per_step_late")
+    return late / early if early and late else None
+
+
 def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -304,7 +316,9 @@ def format_table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
         ("device / precision", lambda d: f"{d['device']} {d['precision']}"),
         ("ms per step, early", lambda d: _fmt(d["ms_per_step_early"])),
+        ("ms per step, median", lambda d: _fmt(d["ms_per_step_median"])),
         ("ms per step, late", lambda d: _fmt(d["ms_per_step_late"])),
+        ("late / early step", lambda d: _fmt(_late_over_early(d), "x", 2)),
         ("real-time factor", lambda d: _fmt(d["realtime_factor"], "x", 2)),
         ("time to first audio", lambda d: _fmt(d["time_to_first_audio"], " s", 2)),
         ("wall time (median)", lambda d: _fmt(d["seconds"], " s", 2)),
@@ -323,6 +337,11 @@ def format_table(result: dict[str, Any]) -> str:
                      f"segment length {jam['generation_over_length_median']:.2f} median, "
                      f"{jam['generation_over_length_max']:.2f} max; first segment after "
                      f"{jam['time_to_first_segment']:.2f} s")
+        lines.append("jam segments (s): " + " ".join(f"{t:.2f}" for t in jam["generation_seconds"]))
+        edge = jam["edge_segments"]
+        cost = f"{jam['over_bridge']:.2f}x plain bridge generation's" if jam.get("over_bridge") else "-"
+        lines.append(f"jam cost per second of audio: {cost} (median segment); last {edge} segments / first "
+                     f"{edge}: {jam['late_over_early']:.2f}x; re-prompts {jam['reprompts']}")
     if result["bridge"].get("kernel"):
         lines.append(f"bridge's matrix kernel: {result['bridge']['kernel']}")
     if result.get("speedup") is not None:
@@ -389,6 +408,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.jam_segments:
         err.write(f"timing {args.jam_segments} jam segment(s) ...\n")
         result["jam"] = time_jam(bench, args.jam_segments, args.jam_bars)
+        # the jam's generation time per second of audio over plain generation's, same engine, same run
+        bridge_per_second = result["bridge"]["seconds"] / result["audio_seconds"]
+        result["jam"]["over_bridge"] = result["jam"]["generation_over_length_median"] / bridge_per_second
     table = format_table(result)
     sys.stdout.write(table + "\n")
     if args.json is not None:

@@ -4,8 +4,12 @@
 
 - ``torch.ops.musicgen_bridge.int8_linear``: the int8 weight-only linear layer of the fast decoder,
   with an optional fused GELU and residual add;
-- ``torch.ops.musicgen_bridge.decoder_layers``: all decoder layers for one position, built on it, so
-  a decoding step is one call instead of ~30 Python calls per layer;
+- ``torch.ops.musicgen_bridge.attention``: a few queries over the KV cache (bf16 or fp32), read once
+  at the memory's speed, fp32 sums (torch's bf16 attention is ~10x slower on CPUs without AMX);
+- ``torch.ops.musicgen_bridge.dequantize_int8``: the packed int8 weights back in bf16 in one pass, for
+  a prompt's GEMM;
+- ``torch.ops.musicgen_bridge.decoder_layers``: all decoder layers for one position, built on the
+  two above, so a decoding step is one call instead of ~30 Python calls per layer;
 - ``torch.ops.musicgen_bridge.isa``: which build is loaded (``"AVX-512 VNNI"`` or ``"AVX2"``).
 
 The library is built for the best instruction set the CPU has: AVX-512 with VNNI, else AVX2 with FMA
