@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
@@ -111,7 +112,7 @@ def _stop_jam(app: Any) -> None:
         app.jobs.cancel("*")
 
 
-class _JamPrinter:
+class _JamPrinter(NullListener):
     """The jam command's job listener: each segment and warning as a line on stderr."""
 
     def chunk(self, job: Any, chunk: Any) -> None:
@@ -121,18 +122,6 @@ class _JamPrinter:
     def warning(self, job: Any, message: str) -> None:
         del job
         _say(message)
-
-    def queued(self, job: Any, position: int) -> None:
-        del job, position
-
-    def progress(self, job: Any, fraction: float) -> None:
-        del job, fraction
-
-    def done(self, job: Any, result: Any) -> None:
-        del job, result
-
-    def fail(self, job: Any, error: Any) -> None:
-        del job, error
 
 
 def _say(message: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from bridge import __version__
+from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP
 from bridge.errors import BridgeError, exit_code
 from bridge.frontends.cli_options import add_option_flags, options_from_args
@@ -178,7 +179,7 @@ def run_job(app: Any, request: Any, kind: Any, on_interrupt: Callable[[], None] 
     return job.result
 
 
-class ProgressListener:
+class ProgressListener(NullListener):
     """The one-shot CLI's job listener: progress to a bar on stderr, warnings as lines, the rest ignored."""
 
     def __init__(self, bar: Callable[[float], None] | None) -> None:
@@ -193,19 +194,10 @@ class ProgressListener:
         del job
         sys.stderr.write(message + "\n")
 
-    def queued(self, job: Any, position: int) -> None:
-        del job, position
-
-    def chunk(self, job: Any, chunk: Any) -> None:
-        del job, chunk
-
     def done(self, job: Any, result: Any) -> None:
-        del job
+        del job, result
         if self.bar is not None:
             self.bar(1.0)
-
-    def fail(self, job: Any, error: BridgeError) -> None:
-        del job, error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
