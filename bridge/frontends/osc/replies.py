@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_PORTS_PER_HOST = 16
+MAX_PORTS_PER_HOST = 64
 MAX_HOSTS = 64
 MAX_OUTBUF = 1 << 20  # a TCP client that stops reading is dropped past this much unsent reply data
 MAX_REPLY = 65507

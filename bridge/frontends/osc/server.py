@@ -284,8 +284,9 @@ class OscServer:
             step(*args)
         except Exception as exc:  # noqa: BLE001 - the one thread that answers every client must not die
             self.stats.add("loop_bugs")
-            self.bugs.log(logging.ERROR, ("loop", type(exc).__name__), "the OSC loop survived a bug (%s: %s); "
-                          "please report it with this log", type(exc).__name__, _text_of(exc))
+            with contextlib.suppress(Exception):  # the log itself may be what failed
+                self.bugs.log(logging.ERROR, ("loop", type(exc).__name__), "the OSC loop survived a bug (%s: %s); "
+                              "please report it with this log", type(exc).__name__, _text_of(exc))
 
     def _read_udp(self) -> None:
         udp = self._udp
@@ -440,16 +441,16 @@ class OscServer:
                     if isinstance(origin, TcpPeer):
                         origin.conn.closing = True
                     return
+            replies.send("/musicgen/fail", [echoed, job_id, exc.code, exc.message])  # the answer first, then the log
             self.refusals.info((host, exc.code), "refused %s from %s: %s: %s", safe_repr(address), host, exc.code,
                                exc.message)
-            replies.send("/musicgen/fail", [echoed, job_id, exc.code, exc.message])
         except Exception as exc:  # noqa: BLE001 - any bug in a route becomes `internal`, never the loop's end
-            self.bugs.log(logging.ERROR, (address[:MAX_ECHO], type(exc).__name__), "bug while handling %s %s: %s: %s",
-                          safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc))
             replies.send("/musicgen/fail", [
                 echoed, job_id, "internal",
                 f"the bridge hit a bug handling {safe_repr(address)} ({type(exc).__name__}: {_text_of(exc)}); "
                 "please report it with the daemon's log"])
+            self.bugs.log(logging.ERROR, (address[:MAX_ECHO], type(exc).__name__), "bug while handling %s %s: %s: %s",
+                          safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc))
 
     def _check_token(self, args: Sequence[Any], first_option: int) -> list[Any]:
         """Take the ``token`` option out of ``args``; raise Unauthorized when it is required and wrong."""

@@ -125,10 +125,13 @@ def decode_message(data: bytes) -> Message:
         unknown = sorted({t for t in tags[1:] if t not in _SUPPORTED_TAGS})
         if unknown:
             raise ValueError(f"unsupported argument type(s) {''.join(unknown)!r}: send i, h, f, d, s, T, F or N")
-        if len(tags) - 1 > MAX_ARGS:
-            raise ValueError(f"{len(tags) - 1} type tags is over the {MAX_ARGS}-argument limit")
         stack: list[list[Any]] = [[]]
+        count = 0
         for tag in tags[1:]:
+            if tag != "]":
+                count += 1
+                if count > MAX_ARGS:
+                    raise ValueError(f"more than {MAX_ARGS} arguments (arrays count as one each)")
             if tag == "[":
                 if len(stack) > MAX_ARRAY_DEPTH:
                     raise ValueError(f"arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
