@@ -77,7 +77,7 @@ def local_address() -> str:
     """This machine's own non-loopback IPv4 address (no packet is sent), else 0.0.0.0."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect(("192.0.2.255", 9))  # routing only: a UDP connect sends nothing
+            probe.connect(("198.51.100.1", 9))  # routing only (TEST-NET-2): a UDP connect sends nothing
             address = str(probe.getsockname()[0])
         except OSError:
             return "0.0.0.0"

@@ -4,8 +4,11 @@ One thread owns every socket (UDP, the TCP listener and its connections) through
 thread per datagram, nothing sleeps on bundle time tags, and the control path answers while the
 job worker (``bridge.app.jobs``) runs the model. TCP listens on the same port number as UDP, detects
 OSC 1.0 length-prefix or OSC 1.1 SLIP framing from each connection's first byte, caps frames at
-64 KiB, and drops a connection whose frame stalls past the read timeout. Where replies go is
-``replies.py``; what each address does is ``routes.py``.
+64 KiB, and drops a connection whose frame stalls past the read timeout or that sends nothing
+within it (at most 64 connections, 16 per host). No packet or route can end the loop: every step
+runs guarded, and each packet's replies are capped (``PacketReplies``). Off loopback a sender that
+has not proven the token gets no reply at all. Where replies go is ``replies.py``; what each
+address does is ``routes.py``; the README's threat model says what a client can make it do.
 """
 
 from __future__ import annotations
@@ -286,7 +289,7 @@ class OscServer:
             self.stats.add("loop_bugs")
             with contextlib.suppress(Exception):  # the log itself may be what failed
                 self.bugs.log(logging.ERROR, ("loop", type(exc).__name__), "the OSC loop survived a bug (%s: %s); "
-                              "please report it with this log", type(exc).__name__, _text_of(exc))
+                              "please report it with this log", type(exc).__name__, _text_of(exc), exc_info=True)
 
     def _read_udp(self) -> None:
         udp = self._udp
@@ -450,7 +453,7 @@ class OscServer:
                 f"the bridge hit a bug handling {safe_repr(address)} ({type(exc).__name__}: {_text_of(exc)}); "
                 "please report it with the daemon's log"])
             self.bugs.log(logging.ERROR, (address[:MAX_ECHO], type(exc).__name__), "bug while handling %s %s: %s: %s",
-                          safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc))
+                          safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc), exc_info=True)
 
     def _check_token(self, args: Sequence[Any], first_option: int) -> list[Any]:
         """Take the ``token`` option out of ``args``; raise Unauthorized when it is required and wrong."""
