@@ -22,7 +22,13 @@ from bridge.config import Config, load_config
 from bridge.errors import BadArgs
 from bridge.frontends.cli import build_parser
 from bridge.frontends.osc.context import Context
-from bridge.frontends.osc.replies import MAX_FAILS_PER_PACKET, MAX_REPLIES_PER_PACKET, MAX_REPLY, fit_reply
+from bridge.frontends.osc.replies import (
+    MAX_FAILS_PER_PACKET,
+    MAX_REPLIES_PER_PACKET,
+    MAX_REPLY,
+    StoredPeer,
+    fit_reply,
+)
 from bridge.frontends.osc.routes import TEXT, RouteTable
 from bridge.frontends.osc.routes import routes as default_routes
 from bridge.frontends.osc.server import OscServer
@@ -188,6 +194,15 @@ def test_notify_to_the_bridges_own_port_is_refused_and_nothing_loops(daemon):
     client.expect("/musicgen/status")
     assert server.stats.datagrams == datagrams + 2  # the two requests, and no replies of its own came back
     assert server.router.targets("127.0.0.1") == [("127.0.0.1", client.port)]
+
+
+def test_a_journal_requester_naming_the_bridges_own_port_is_not_sent_to(daemon):
+    server, client = daemon()
+    datagrams = server.stats.datagrams
+    server.router.send(StoredPeer("127.0.0.1", (server.port,)), "/musicgen/done", ["/musicgen/generate", "j", "x", 1.0])
+    assert client.expect("/musicgen/done").args[1] == "j"  # the requester's host still hears at its reply port
+    ping(client)
+    assert server.stats.loops_refused == 1 and server.stats.datagrams == datagrams + 1  # only the ping came in
 
 
 def test_a_reply_port_equal_to_the_bridges_port_is_refused(fake_bridge, tmp_path):
