@@ -128,7 +128,7 @@ class ClipRoots:
             inside = False
         if not inside:
             raise NotFound(f"{what}: no file this bridge may read at that path. Clips must be under "
-                           f"{', '.join(str(r) for r in self.roots)} (the daemon's --allow-dir folders)")
+                           f"{', '.join(str(r) for r in self.roots)} (the output folder and `serve --allow-dir` folders)")
         if not resolved.exists():
             raise NotFound(f"{what} {path} does not exist on the bridge's machine: give a full path it can read")
         return str(resolved)
