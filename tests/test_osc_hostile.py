@@ -132,6 +132,16 @@ def test_a_nested_value_the_decoder_allows_is_shown_short_in_the_refusal(daemon)
     ping(client)
 
 
+def test_more_than_1024_arguments_are_refused_in_one_short_fail(daemon):
+    _server, client = daemon()
+    client.send("/musicgen/jam/set", *range(1025))
+    fail = client.expect_fail("bad_args")
+    assert fail.args[0] == "/musicgen/jam/set" and "more than 1024 arguments" in fail.args[3]
+    client.send("/musicgen/generate", "ok", "keys", 0.5, *(["seed", 1] * 300))  # 605 arguments are fine
+    assert client.expect("/musicgen/done").args[1] == "ok"
+    ping(client)
+
+
 def test_safe_repr_never_raises_and_stays_short():
     deep: list = []
     for _ in range(5000):
