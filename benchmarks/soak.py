@@ -7,10 +7,11 @@ Then it waits for the last ends, stops the daemon and reports: the daemon's RSS,
 files over time (``/proc/PID``), jobs accepted and ended, replies lost (accepted without an end:
 the target is 0), duplicate ends, refusals, ping latency percentiles and the daemon's log lines.
 Prints a table; ``--json FILE`` keeps everything (default: ``soak.json`` in the work folder).
+``--hostile`` adds the attack mix of ``soak_hostile.py`` (and a second, token-guarded daemon).
 
     python benchmarks/soak.py --minutes 30 --json benchmarks/results/cpu-soak-tiny-random-30min.json
 
-Only 127.0.0.1 is ever sent to; requests are paced at ``--rate`` per second and at most
+Only this machine is sent to; requests are paced at ``--rate`` per second and at most
 ``--max-active`` jobs are outstanding, so the queue never fills on purpose.
 """
 
@@ -38,6 +39,8 @@ from typing import Any
 import yaml
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
+from soak_hostile import Hostile
+from soak_table import print_hostile, print_table
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,51 +389,6 @@ class Soak:
         return result
 
 
-def print_table(result: dict[str, Any]) -> None:
-    jobs = result["jobs"]
-    ping = result["ping_ms"]
-
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    print(f"\nsoak: {result['model']}, {result['minutes']:g} min, at most {result['rate_per_s']:g} requests/s "
-          f"({result['machine']})")
-    rows = [
-        ("messages sent", f"{result['messages_sent']}"),
-        ("jobs accepted / ended", f"{jobs['accepted']} / {jobs['ended']}"),
-        ("replies lost (accepted, no end)", f"{len(jobs['lost'])}"),
-        ("duplicate ends", f"{jobs['duplicate_ends']}"),
-        ("requests never answered", f"{len(jobs['unanswered_requests'])}"),
-        ("unexpected failures", f"{len(jobs['unexpected_failures'])}"),
-        ("wrong lengths", f"{len(jobs['wrong_lengths'])}"),
-        ("cancels sent / too late (job had ended)", f"{result['cancels_sent']} / {result['cancels_too_late']}"),
-        ("garbage sent / answered", f"{result['garbage_sent']} / {result['garbage_answered']}"),
-        ("jams started / segments", f"{result['jams']['started']} / {result['jams']['segments']}"),
-        ("ping ms p50 / p95 / p99 / max", f"{ms(ping['p50'])} / {ms(ping['p95'])} / {ms(ping['p99'])} / "
-                                          f"{ms(ping['max'])} ({ping['count']} pings, {ping['lost']} lost)"),
-        ("daemon RSS MB first / last / max", f"{result['rss_mb']['first']:.0f} / {result['rss_mb']['last']:.0f} / "
-                                             f"{result['rss_mb']['max']:.0f}" if result["samples"] else "-"),
-        ("daemon log lines / tracebacks", f"{result['daemon']['log_lines']} / {result['daemon']['tracebacks']}"),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print("| what | measured |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name:<{width}} | {value} |")
-    print("\n| kind | outcomes |\n|---|---|")
-    for kind, outcomes in jobs["by_kind"].items():
-        print(f"| {kind} | " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + " |")
-    samples = result["samples"]
-    if samples:
-        step = max(1, len(samples) // 10)
-        picked = samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
-        print("\n| t (s) | RSS MB | threads | open fds |\n|---|---|---|---|")
-        for s in picked:
-            print(f"| {s['t']:.0f} | {s['rss_mb']:.0f} | {s['threads']} | {s['fds']} |")
-    for name in ("lost", "jobs_ended_twice", "unanswered_requests", "unexpected_failures", "wrong_lengths"):
-        if jobs[name]:
-            print(f"\n{name}: " + "; ".join(jobs[name][:10]))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="how long to drive the daemon (default 30)")
@@ -443,6 +401,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=12, help="seed of the request mix")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON (default: the work folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (output, daemon log)")
+    parser.add_argument("--hostile", type=float, default=0.0, metavar="RATE",
+                        help="also send attack packets at RATE per second (see soak_hostile.py)")
     args = parser.parse_args()
     if args.minutes <= 0 or args.rate <= 0 or args.max_active < 1:
         parser.error("--minutes and --rate must be above 0, --max-active 1 or more")
@@ -460,6 +420,8 @@ def main() -> int:
         [sys.executable, "-m", "bridge.cli", "serve", "--model", args.model, "--host", HOST, "--port", str(port),
          "--reply-port", str(reply_port), "--output-dir", str(out)], stdout=log_file, stderr=log_file, cwd=ROOT)
     exit_code: int | None = None
+    hostile = Hostile(port, reply_port, args.hostile, args.seed, work, args.model) if args.hostile > 0 else None
+    hostile_report = None
     try:
         soak = Soak(args, daemon.pid, port, sock, out)
         deadline = time.monotonic() + 300
@@ -470,10 +432,16 @@ def main() -> int:
             soak.send("/musicgen/ping")
             soak.receive(1.0)
         soak.ping_ms.clear()
+        if hostile is not None:
+            hostile.start()
         soak.started = time.monotonic()
         soak.run()
+        if hostile is not None:
+            hostile_report = hostile.stop()
         soak.drain(args.drain)
     finally:
+        if hostile is not None and hostile_report is None:
+            hostile.stop()
         if daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -486,10 +454,14 @@ def main() -> int:
         sock.close()
         log_file.close()
     result = soak.report(log_path.read_text(errors="replace"), exit_code)
+    if hostile_report is not None:
+        result["hostile"] = hostile_report
     json_path = args.json if args.json is not None else work / "soak.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
+    if hostile_report is not None:
+        print_hostile(hostile_report)
     print(f"\nJSON: {json_path}" + (f"; work folder kept: {work}" if args.keep else ""))
     if not args.keep:
         if args.json is not None or json_path.parent != work:

@@ -38,6 +38,7 @@ class Config:
     token: str | None = None
     audio_device: str | None = None
     state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
+    allow_dirs: tuple[Path, ...] | None = None  # where OSC clients may read clips; None: see ClipRoots
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -54,6 +55,11 @@ def _coerce(name: str, value: Any) -> Any:
         return int(value)
     if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))
+    if name == "allow_dirs":  # a YAML list, or the environment's folders separated like PATH
+        items = value.split(os.pathsep) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"allow_dirs wants a list of folders, got {type(value).__name__}")
+        return tuple(Path(str(item)) for item in items if str(item))
     del kind
     return str(value)
 

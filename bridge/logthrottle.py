@@ -131,12 +131,15 @@ class ThrottledLog:
         self.logger = logger
         self.throttle = Throttle(interval, clock=clock, max_keys=max_keys)
 
-    def log(self, level: int, key: Hashable, msg: str, *args: Any) -> bool:
-        """Log ``msg % args`` unless ``key`` was logged within the interval; True when it was written now."""
+    def log(self, level: int, key: Hashable, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` unless ``key`` was logged within the interval; True when it was written now.
+
+        ``exc_info``: add the traceback of the exception being handled (to the line written, not the count).
+        """
         now, due = self.throttle.hit(key, level, msg, args)
         self._emit(due)
         if now:
-            self.logger.log(level, msg, *args)
+            self.logger.log(level, msg, *args, exc_info=exc_info)
         return now
 
     def warning(self, key: Hashable, msg: str, *args: Any) -> bool:

@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from bridge.errors import BadArgs
+from bridge.saferepr import safe_repr
 from bridge.tempo import MAX_BEATS_PER_BAR, MAX_BPM, MIN_BPM
 
 Mode = Literal["text", "continue", "melody", "jam"]
@@ -53,7 +54,7 @@ def _to_bool(value: Any) -> bool:
         return True
     if text in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a yes/no value: {value!r}")
+    raise ValueError(f"not a yes/no value: {safe_repr(value)}")
 
 
 def _to_int(value: Any) -> int:
@@ -61,7 +62,7 @@ def _to_int(value: Any) -> int:
         return int(value)
     if isinstance(value, float):
         if not value.is_integer():
-            raise ValueError(f"not a whole number: {value!r}")
+            raise ValueError(f"not a whole number: {safe_repr(value)}")
         return int(value)
     return int(str(value).strip())
 
@@ -69,7 +70,7 @@ def _to_int(value: Any) -> int:
 def _to_float(value: Any) -> float:
     result = float(value)
     if not math.isfinite(result):
-        raise ValueError(f"not a finite number: {value!r}")
+        raise ValueError(f"not a finite number: {safe_repr(value)}")
     return result
 
 
@@ -128,7 +129,7 @@ class Option:
         try:
             return _CONVERTERS[self.kind](value)
         except (TypeError, ValueError):
-            raise BadArgs(f"option {self.name!r} wants {self.expects}, got {value!r}") from None
+            raise BadArgs(f"option {self.name!r} wants {self.expects}, got {safe_repr(value)}") from None
 
     def limits(self) -> str:
         """The accepted values in words: 'from 0 to 20', 'above 0', 'one of wav, flac'."""
@@ -249,18 +250,18 @@ def convert_option(key: str, value: Any, scope: str = "job") -> Any:
         if spec is not None:
             where = " or ".join(SCOPES[s] for s in SCOPES if s in spec.scopes)
             raise BadArgs(f"option {key!r} cannot be given {SCOPES[scope]}, only {where}; known: {', '.join(known)}")
-        raise BadArgs(f"unknown option {key!r}{closest(key, known)}; known: {', '.join(known)}")
+        raise BadArgs(f"unknown option {safe_repr(key)}{closest(key[:64], known)}; known: {', '.join(known)}")
     return OPTIONS[key].convert(value)
 
 
 def parse_options(pairs: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
     """Trailing OSC key/value pairs to a dict of typed options."""
     if len(pairs) % 2:
-        raise BadArgs(f"options come in key/value pairs; {pairs[-1]!r} has no value")
+        raise BadArgs(f"options come in key/value pairs; {safe_repr(pairs[-1])} has no value")
     options: dict[str, Any] = {}
     for key, value in zip(pairs[0::2], pairs[1::2], strict=True):
         if not isinstance(key, str):
-            raise BadArgs(f"an option name must be a string, got {key!r}")
+            raise BadArgs(f"an option name must be a string, got {safe_repr(key)}")
         options[key] = convert_option(key, value)
     return options
 

@@ -6,13 +6,17 @@ OSC front end, so routes are tested with stand-ins and never see the engine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.app.jobs import Job, JobKind, JobQueue
-from bridge.errors import BridgeError
+from bridge.errors import BadArgs, BridgeError, NotFound
+
+if TYPE_CHECKING:
+    from bridge.config import Config
 
 
 class RouteIndex(Protocol):
@@ -89,6 +93,47 @@ ADDRESS_OF: dict[JobKind, str] = {
 """The request address of each kind of job: ``done``, ``fail`` and ``/musicgen/job`` name it."""
 
 
+@dataclass(frozen=True)
+class ClipRoots:
+    """The folders a client's clip paths must lie in (after links are resolved); ``None``: anywhere.
+
+    A path outside them gets one ``not_found`` that says nothing about the file (whether it
+    exists, is a folder, or is audio), so a client cannot probe the machine's files through it.
+    """
+
+    roots: tuple[Path, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, guarded: bool) -> ClipRoots:
+        """``--allow-dir`` folders plus the output folder; by default off loopback (``guarded``) the
+        output folder only, on loopback anywhere (the user's own machine, as before)."""
+        if config.allow_dirs is None and not guarded:
+            return cls(None)
+        roots = [config.resolved_output_dir(),
+                 *(Path(os.path.expanduser(str(d))).resolve() for d in config.allow_dirs or ())]
+        return cls(tuple(dict.fromkeys(roots)))
+
+    def check(self, path: str, what: str) -> str:
+        """``path`` as the bridge will read it (resolved when roots apply), or NotFound/BadArgs."""
+        if not path:
+            raise BadArgs(f"{what} path is empty: give the full path of an audio file")
+        if self.roots is None:
+            if not Path(path).expanduser().exists():
+                raise NotFound(f"{what} {path} does not exist on the bridge's machine: give a full path it can read")
+            return path
+        try:
+            resolved = Path(path).expanduser().resolve()
+            inside = any(resolved.is_relative_to(root) for root in self.roots)
+        except (OSError, RuntimeError, ValueError):
+            inside = False
+        if not inside:
+            raise NotFound(f"{what}: no file this bridge may read at that path. Clips must be under "
+                           f"{', '.join(str(r) for r in self.roots)} (the output folder and `serve --allow-dir` folders)")
+        if not resolved.exists():
+            raise NotFound(f"{what} {path} does not exist on the bridge's machine: give a full path it can read")
+        return str(resolved)
+
+
 @dataclass
 class Context:
     """Everything a route may touch while it handles one message."""
@@ -102,6 +147,8 @@ class Context:
     origin: Any = None
     describe: Callable[[Any], Any] | None = None
     """The requester as plain data, kept in the job journal so replies find it after a restart."""
+    clips: ClipRoots = ClipRoots()
+    """Where the client may read clips from (``serve --allow-dir``)."""
 
     @property
     def bridge(self) -> Facts:
@@ -111,7 +158,14 @@ class Context:
     def jobs(self) -> JobQueue:
         return self.app.jobs
 
+    def clip(self, path: str, what: str = "clip") -> str:
+        """A clip path the client may read (see :class:`ClipRoots`), as the bridge will read it."""
+        return self.clips.check(path, what)
+
     def submit(self, job_id: str, request: Any, kind: JobKind) -> Job:
+        clip = getattr(request, "clip", None)
+        if isinstance(clip, str) and self.clips.roots is not None:
+            self.clips.check(clip, "clip")  # a preset's own clip too
         reply = self.describe(self.origin) if self.describe is not None else None
         return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin, reply=reply)
 

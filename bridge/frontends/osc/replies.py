@@ -9,19 +9,21 @@ with no OSC origin (MIDI, the CLI) is announced to every registered port and the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge.app.jobs import Job, JobKind
-from bridge.errors import BridgeError, Internal
+from bridge.errors import BadArgs, BridgeError, Internal
 from bridge.frontends.osc.context import ADDRESS_OF
 from bridge.frontends.osc.transport import FrameReader, encode_message, frame
+from bridge.saferepr import safe_repr
 
 if TYPE_CHECKING:
     from bridge.app.results import Chunk, JobResult
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 MAX_PORTS_PER_HOST = 64
 MAX_HOSTS = 64
 MAX_OUTBUF = 1 << 20  # a TCP client that stops reading is dropped past this much unsent reply data
+MAX_REPLY = 65507
+"""The largest reply sent, UDP or TCP: a UDP datagram over IPv4 holds no more. Longer ones are cut."""
+MAX_FAILS_PER_PACKET = 8
+"""Fails sent for one packet; the rest of a bundle's fails are counted in one summary fail."""
+MAX_REPLIES_PER_PACKET = 32
+"""Replies of any kind sent for one packet (a bundle of 256 pings gets 32 pongs and a summary)."""
 
 
 # -- who sent it ----------------------------------------------------------------------------------
@@ -75,6 +83,12 @@ class Stats:
     tcp_accepted: int = 0
     tcp_refused: int = 0
     tcp_timeouts: int = 0
+    tcp_silent: int = 0  # closed having sent nothing within the read timeout
+    replies_held: int = 0  # over a packet's reply cap: counted in its summary fail instead
+    replies_cut: int = 0  # over MAX_REPLY: cut to fit, with a note
+    unproven: int = 0  # off loopback, from a sender that did not prove the token: not answered at all
+    loops_refused: int = 0  # replies that would have gone to the bridge's own port
+    loop_bugs: int = 0  # exceptions the OSC loop survived (each logged, throttled)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -152,6 +166,48 @@ class Connection:
 # -- replies --------------------------------------------------------------------------------------
 
 
+def _is_local(host: str) -> bool:
+    """A loopback address, or one of this machine's own (where a reply to our own port would land)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", maxsplit=1)[0])
+    except ValueError:
+        return False
+    if address.is_loopback or address.is_unspecified:
+        return True
+    try:
+        with socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))  # only this machine's own addresses can be bound
+    except OSError:
+        return False
+    return True
+
+
+def fit_reply(address: str, args: Sequence[Any], limit: int = MAX_REPLY) -> tuple[bytes, bool]:
+    """``address args`` encoded in at most ``limit`` bytes, and whether text had to be cut for it.
+
+    The longest text arguments are cut, each ending with a note of how much was cut; ValueError
+    when that is not enough (a reply of thousands of numbers), so the caller can say so instead.
+    """
+    packet = encode_message(address, args)
+    if len(packet) <= limit:
+        return packet, False
+    values = list(args)
+    for _attempt in range(len(values)):
+        texts = [i for i, v in enumerate(values) if isinstance(v, str) and v]
+        if not texts:
+            break
+        longest = max(texts, key=lambda i: len(values[i].encode()))
+        raw = values[longest].encode()
+        keep = max(0, len(raw) - (len(packet) - limit) - 96)
+        kept = raw[:keep].decode("utf-8", errors="ignore")
+        values[longest] = f"{kept}... [cut: {len(raw) - len(kept.encode())} bytes more; replies stop at {limit} bytes]"
+        packet = encode_message(address, values)
+        if len(packet) <= limit:
+            return packet, True
+    raise ValueError(f"the reply {safe_repr(address)} is {len(packet)} bytes, over the {limit}-byte limit, "
+                     "and has no text to cut")
+
+
 class ReplyRouter:
     """Where replies go, and the job listener that turns job events into replies."""
 
@@ -160,11 +216,18 @@ class ReplyRouter:
         self.default_host = default_host
         self.stats = stats
         self.sock: socket.socket | None = None
+        self.own_ports: frozenset[int] = frozenset()
+        """The ports the bridge listens on: never a reply target (it would answer itself, forever)."""
         self._ports: OrderedDict[str, list[int]] = OrderedDict()
         self._lock = threading.Lock()
 
     # registered ports
     def register(self, host: str, port: int) -> None:
+        """Send ``host``'s replies to ``port`` too; BadArgs for a port the bridge itself listens on."""
+        if port in self.own_ports:
+            self.stats.add("loops_refused")
+            raise BadArgs(f"port {port} is the bridge's own port: replies sent there would come back as requests, "
+                          "and each would be answered again. Give the port your script listens on")
         with self._lock:
             ports = self._ports.setdefault(host, [])
             self._ports.move_to_end(host)
@@ -223,11 +286,14 @@ class ReplyRouter:
     def send(self, origin: Any, address: str, args: Sequence[Any]) -> None:
         """Send one message to whoever ``origin`` is (None: everyone registered)."""
         try:
-            packet = encode_message(address, args)
-        except ValueError:
-            log.exception("could not encode the reply %s", address)
+            packet, cut = fit_reply(address, args)
+        except ValueError as exc:
+            log.error("could not send the reply %s: %s", safe_repr(address), exc)
             self.stats.add("reply_errors")
+            if address != "/musicgen/fail":  # say so instead, in a reply that fits
+                self.send(origin, "/musicgen/fail", [address, "", "internal", f"{exc}; please report it"])
             return
+        self.stats.add("replies_cut", int(cut))
         if isinstance(origin, TcpPeer):
             if origin.conn.send(packet):
                 self.stats.add("replies")
@@ -246,6 +312,9 @@ class ReplyRouter:
         sock = self.sock
         if sock is None:
             self.stats.add("reply_errors")
+            return
+        if target[1] in self.own_ports and _is_local(target[0]):
+            self.stats.add("loops_refused")
             return
         try:
             sock.sendto(packet, target)
@@ -281,6 +350,46 @@ class ReplyRouter:
 
     def fail(self, job: Job, error: BridgeError) -> None:
         self.send(job.origin, "/musicgen/fail", [ADDRESS_OF[job.kind], job.id, error.code, error.message])
+
+
+class PacketReplies:
+    """The replies to one packet, capped so a bundle cannot be answered many times its own size.
+
+    At most :data:`MAX_FAILS_PER_PACKET` fails and :data:`MAX_REPLIES_PER_PACKET` replies in all
+    are sent; the rest are counted and :meth:`summarise` sends one fail that says how many were
+    held back and of what kind. Safe from any thread (a route may answer later, from elsewhere).
+    """
+
+    def __init__(self, router: ReplyRouter, origin: Any) -> None:
+        self.router = router
+        self.origin = origin
+        self.sent = 0
+        self.fails = 0
+        self.held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def send(self, address: str, args: Sequence[Any]) -> None:
+        is_fail = address == "/musicgen/fail"
+        with self._lock:
+            if self.sent >= MAX_REPLIES_PER_PACKET or (is_fail and self.fails >= MAX_FAILS_PER_PACKET):
+                self.held[f"fail {args[2]}" if is_fail and len(args) > 2 else address] += 1
+                self.router.stats.add("replies_held")
+                return
+            self.sent += 1
+            self.fails += is_fail
+        self.router.send(self.origin, address, args)
+
+    def summarise(self) -> None:
+        """Send the one fail that counts what was held back, if anything was."""
+        with self._lock:
+            count = sum(self.held.values())
+            kinds = ", ".join(f"{n} {what}" for what, n in self.held.most_common(4))
+            self.held.clear()
+        if count:
+            self.router.send(self.origin, "/musicgen/fail", [
+                "", "", "bad_args", f"{count} more replies to this packet were not sent ({kinds}): the bridge "
+                f"answers one packet with at most {MAX_FAILS_PER_PACKET} fails and {MAX_REPLIES_PER_PACKET} "
+                "replies; send fewer messages per bundle"])
 
 
 class HostPeers:

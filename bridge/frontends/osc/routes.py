@@ -24,6 +24,7 @@ from bridge.app.jobs import ALL, JobKind
 from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.frontends.osc.context import ADDRESS_OF, Context
 from bridge.options import closest, parse_options
+from bridge.saferepr import safe_repr
 
 # -- argument converters ------------------------------------------------------------------------
 
@@ -134,14 +135,14 @@ class Route:
             except ValueError as exc:
                 shifted = self.takes_job_id and position > 1 and spec.convert is _text and not isinstance(value, str)
                 hint = " (did you forget the <id> first?)" if shifted else ""
-                raise BadArgs(f"argument {position} {spec.placeholder} {exc}, got {value!r}{hint}: "
+                raise BadArgs(f"argument {position} {spec.placeholder} {exc}, got {safe_repr(value)}{hint}: "
                               f"use {self.usage()}") from None
         rest = list(args[need:])
         if self.options == "typed":
             kwargs["options"] = parse_options(rest)
         elif self.options == "raw":
             if len(rest) % 2:
-                raise BadArgs(f"settings come in key/value pairs; {rest[-1]!r} has no value: use {self.usage()}")
+                raise BadArgs(f"settings come in key/value pairs; {safe_repr(rest[-1])} has no value: use {self.usage()}")
             kwargs["settings"] = rest
         self.handler(ctx, **kwargs)
 
@@ -200,14 +201,6 @@ routes = RouteTable()
 
 PROMPT = arg("<prompt>", TEXT)
 SECONDS = arg("<seconds>", NUMBER)
-
-
-def _existing(path: str, what: str) -> str:
-    if not path:
-        raise BadArgs(f"{what} path is empty: give the full path of an audio file")
-    if not Path(path).expanduser().exists():
-        raise NotFound(f"{what} {path} does not exist on the bridge's machine: give a full path it can read")
-    return path
 
 
 # -- the bridge -----------------------------------------------------------------------------------
@@ -274,7 +267,7 @@ def continue_(ctx: Context, *, job_id: str, clip: str, prompt: str, seconds: flo
 
     Replies: same as `/musicgen/generate`
     """
-    ctx.submit(job_id, ctx.bridge.make_request("continue", prompt, seconds, _existing(clip, "clip"), options),
+    ctx.submit(job_id, ctx.bridge.make_request("continue", prompt, seconds, ctx.clip(clip, "clip"), options),
                JobKind.CONTINUE)
 
 
@@ -285,7 +278,7 @@ def melody(ctx: Context, *, job_id: str, clip: str, prompt: str, seconds: float,
 
     Replies: same as `/musicgen/generate`
     """
-    ctx.submit(job_id, ctx.bridge.make_request("melody", prompt, seconds, _existing(clip, "melody clip"), options),
+    ctx.submit(job_id, ctx.bridge.make_request("melody", prompt, seconds, ctx.clip(clip, "melody clip"), options),
                JobKind.MELODY)
 
 
@@ -317,7 +310,7 @@ def job(ctx: Context, *, job_id: str) -> None:
         raise BadArgs("/musicgen/job takes one job id; /musicgen/status shows the running job")
     found = ctx.jobs.find(job_id)
     if found is None:
-        raise NotFound(f"no job with id {job_id!r} is queued, running or among the recent ones")
+        raise NotFound(f"no job with id {safe_repr(job_id)} is queued, running or among the recent ones")
     tail: list[Any] = []
     if found.state == "done" and found.result is not None:
         tail = [str(p) for p in found.result.paths]
@@ -346,7 +339,7 @@ def jam_set(ctx: Context, *, settings: list[Any]) -> None:
     Replies: `/musicgen/jam/set <key> <value> ...` with the settings the next segment will use
     """
     if len(settings) % 2:
-        raise BadArgs(f"jam settings come in key/value pairs; {settings[-1]!r} has no value")
+        raise BadArgs(f"jam settings come in key/value pairs; {safe_repr(settings[-1])} has no value")
     changes = {str(k): v for k, v in zip(settings[0::2], settings[1::2], strict=True)}
     applied = ctx.app.jam.set(changes)
     ctx.reply("/musicgen/jam/set", [x for key, value in applied.items() for x in (key, value)])
@@ -367,8 +360,7 @@ def play(ctx: Context, *, path: str) -> None:
 
     Replies: `/musicgen/play <path>` once it plays, or `/musicgen/fail /musicgen/play "" <code> <message>`
     """
-    if not Path(path).expanduser().exists():
-        raise NotFound(f"{path} does not exist on the bridge's machine: give a full path it can read")
+    path = ctx.clip(path, "the file to play")
 
     def done(played: Path | None, error: BridgeError | None) -> None:
         if error is not None:
@@ -415,7 +407,7 @@ def api_help(ctx: Context, *, address: str) -> None:
     """
     route = ctx.routes.get(address)
     if route is None:
-        raise NotFound(f"no address {address!r}{ctx.routes.suggest(address)}: /musicgen/api/list lists them")
+        raise NotFound(f"no address {safe_repr(address)}{ctx.routes.suggest(address)}: /musicgen/api/list lists them")
     ctx.reply("/musicgen/api/help", [route.address, route.arguments, route.replies, route.meaning])
 
 

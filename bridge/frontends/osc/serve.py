@@ -51,6 +51,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", type=int, default=None, help="jobs that may wait (default 16); more get busy")
     p.add_argument("--token", default=None, help="shared token every message must carry as `token <value>` "
                    "(or MUSICGEN_BRIDGE_TOKEN); required off loopback")
+    p.add_argument("--allow-dir", type=Path, action="append", default=None, metavar="DIR", dest="allow_dirs",
+                   help="a folder OSC clients may read clips from (repeat for more; the output folder always counts). "
+                   "Default: anywhere on 127.0.0.1, only the output folder off loopback")
     p.add_argument("--config", type=Path, default=None, help="a YAML file of settings")
     p.add_argument("--midi", nargs="?", const="", default=None, metavar="PORT",
                    help="take a MIDI controller: a part of an input's name, or nothing for a virtual port "
@@ -65,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "model": args.model, "device": args.device, "precision": args.precision, "host": args.host,
         "port": args.port, "reply_port": args.reply_port, "output_dir": args.output_dir,
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
-        "state_dir": getattr(args, "state_dir", None),
+        "state_dir": getattr(args, "state_dir", None), "allow_dirs": getattr(args, "allow_dirs", None),
     })
 
 

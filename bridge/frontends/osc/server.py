@@ -4,8 +4,11 @@ One thread owns every socket (UDP, the TCP listener and its connections) through
 thread per datagram, nothing sleeps on bundle time tags, and the control path answers while the
 job worker (``bridge.app.jobs``) runs the model. TCP listens on the same port number as UDP, detects
 OSC 1.0 length-prefix or OSC 1.1 SLIP framing from each connection's first byte, caps frames at
-64 KiB, and drops a connection whose frame stalls past the read timeout. Where replies go is
-``replies.py``; what each address does is ``routes.py``.
+64 KiB, and drops a connection whose frame stalls past the read timeout or that sends nothing
+within it (at most 64 connections, 16 per host). No packet or route can end the loop: every step
+runs guarded, and each packet's replies are capped (``PacketReplies``). Off loopback a sender that
+has not proven the token gets no reply at all. Where replies go is ``replies.py``; what each
+address does is ``routes.py``; the README's threat model says what a client can make it do.
 """
 
 from __future__ import annotations
@@ -23,8 +26,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
-from bridge.frontends.osc.context import Context, Services
-from bridge.frontends.osc.replies import Connection, HostPeers, ReplyRouter, Stats, TcpPeer, UdpPeer
+from bridge.frontends.osc.context import ClipRoots, Context, Services
+from bridge.frontends.osc.replies import (
+    Connection,
+    HostPeers,
+    PacketReplies,
+    ReplyRouter,
+    Stats,
+    TcpPeer,
+    UdpPeer,
+)
 from bridge.frontends.osc.routes import RouteTable
 from bridge.frontends.osc.routes import routes as default_routes
 from bridge.frontends.osc.transport import (
@@ -37,6 +48,7 @@ from bridge.frontends.osc.transport import (
     encode_message,
 )
 from bridge.logthrottle import ThrottledLog
+from bridge.saferepr import safe_repr
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -44,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_HOST = 16
+MAX_ECHO = 128  # characters of a client's address or id echoed back in a fail
 UDP_BURST = 64  # datagrams read per wake-up before the loop looks at TCP again
 
 
@@ -78,7 +92,7 @@ class OscServer:
 
     def __init__(self, app: Services, config: Config, routes: RouteTable | None = None, *, tcp: bool = True,
                  read_timeout: float = 5.0, idle_timeout: float = 3600.0,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, max_per_host: int = MAX_CONNECTIONS_PER_HOST) -> None:
         self.app = app
         self.config = config
         self.host = config.host
@@ -87,13 +101,21 @@ class OscServer:
             raise BadArgs(f"listening on {self.host or 'every interface'} lets other machines in: start the "
                                "bridge with --token SECRET (or MUSICGEN_BRIDGE_TOKEN) and send `token SECRET` with "
                                "every message, or listen on 127.0.0.1")
+        self.guarded = not is_loopback(self.host)
+        """Off loopback: a sender that has not proven the token gets nothing back at all (no reflector)."""
+        if config.port and config.reply_port == config.port:
+            raise BadArgs(f"--reply-port {config.reply_port} is the bridge's own port: its replies would come back "
+                          "as requests. Pick another reply port")
+        self.clips = ClipRoots.from_config(config, self.guarded)
         self.routes = routes if routes is not None else default_routes
         self.tcp_enabled = tcp
         self.read_timeout = read_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_host = max_per_host
         self.stats = Stats()
         self.refusals = ThrottledLog(log, interval=60.0)  # a client refused 300 times is one line and a count
+        self.bugs = ThrottledLog(log, interval=60.0)  # a packet that trips a bug 1,000 times is one traceback
         default_host = self.host if is_loopback(self.host) else "127.0.0.1"
         self.router = ReplyRouter(config.reply_port, default_host, self.stats)
         self.jobs = app.jobs
@@ -155,6 +177,13 @@ class OscServer:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._udp, self._tcp = udp, tcp
         self.router.sock = udp
+        self.router.own_ports = frozenset({port})
+        if self.config.reply_port == port:
+            udp.close()
+            if tcp is not None:
+                tcp.close()
+            raise BadArgs(f"the reply port {port} is the bridge's own port: its replies would come back as "
+                          "requests. Pick another --reply-port")
         selector = selectors.DefaultSelector()
         selector.register(udp, selectors.EVENT_READ, "udp")
         selector.register(self._wake_r, selectors.EVENT_READ, "wake")
@@ -228,26 +257,39 @@ class OscServer:
         try:
             while not self._stop.is_set():
                 for key, mask in selector.select(timeout=0.25):
-                    what = key.data
-                    if what == "udp":
-                        self._read_udp()
-                    elif what == "listen":
-                        self._accept()
-                    elif what == "wake":
-                        with contextlib.suppress(OSError):
-                            self._wake_r.recv(4096)
-                    elif isinstance(what, Connection):
-                        if mask & selectors.EVENT_READ:
-                            self._read_tcp(what)
-                        if mask & selectors.EVENT_WRITE:
-                            what.flush()
-                self._tend_connections(selector)
+                    self._survive(self._dispatch, key.data, mask)
+                self._survive(self._tend_connections, selector)
                 self.refusals.tick()
+                self.bugs.tick()
             # stop() reported the cancelled jobs before setting _stop: send what is still pending
             for conn in list(self._connections):
                 conn.flush()
         finally:
             self._stopped.set()
+
+    def _dispatch(self, what: Any, mask: int) -> None:
+        if what == "udp":
+            self._read_udp()
+        elif what == "listen":
+            self._accept()
+        elif what == "wake":
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        elif isinstance(what, Connection):
+            if mask & selectors.EVENT_READ:
+                self._read_tcp(what)
+            if mask & selectors.EVENT_WRITE:
+                what.flush()
+
+    def _survive(self, step: Any, *args: Any) -> None:
+        """Run one step of the loop; a bug in it is logged (throttled), never the end of the loop."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - the one thread that answers every client must not die
+            self.stats.add("loop_bugs")
+            with contextlib.suppress(Exception):  # the log itself may be what failed
+                self.bugs.log(logging.ERROR, ("loop", type(exc).__name__), "the OSC loop survived a bug (%s: %s); "
+                              "please report it with this log", type(exc).__name__, _text_of(exc), exc_info=True)
 
     def _read_udp(self) -> None:
         udp = self._udp
@@ -274,10 +316,13 @@ class OscServer:
         except OSError as exc:
             log.warning("TCP accept failed: %s", exc)
             return
-        if len(self._connections) >= self.max_connections:
+        host = str(address[0])
+        same_host = sum(1 for c in self._connections if c.host == host)
+        if len(self._connections) >= self.max_connections or same_host >= self.max_per_host:
             self.stats.add("tcp_refused")
-            self.refusals.warning(("tcp", "full"), "refusing TCP client %s: already %d connections", address,
-                                  len(self._connections))
+            self.refusals.warning(("tcp", host), "refusing TCP client %s: already %d connections (%d from its host; "
+                                  "at most %d, %d per host)", address, len(self._connections), same_host,
+                                  self.max_connections, self.max_per_host)
             sock.close()
             return
         sock.setblocking(False)
@@ -322,7 +367,10 @@ class OscServer:
         """Flush output, time out stalled frames and idle clients, forget closed connections."""
         now = time.monotonic()
         for conn in list(self._connections):
-            if not conn.closed and conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
+            if not conn.closed and conn.reader is None and now - conn.last_read > self.read_timeout:
+                self.stats.add("tcp_silent")  # connected and sent nothing: holds a slot, nothing to answer
+                conn.closing = True
+            elif not conn.closed and conn.partial_since is not None and now - conn.partial_since > self.read_timeout:
                 self.stats.add("tcp_timeouts")
                 pending = conn.reader.pending if conn.reader is not None else 0
                 if not self.token:
@@ -348,47 +396,64 @@ class OscServer:
 
     # -- messages ---------------------------------------------------------------------------
     def handle_packet(self, origin: Any, data: bytes) -> None:
-        """Every message in one packet (a bundle's in order), each answered on its own."""
+        """Every message in one packet (a bundle's in order), answered within the packet's reply cap."""
+        replies = PacketReplies(self.router, origin)
         for item in decode_packet(data):
             if isinstance(item, BadPacket):
                 self.stats.add("malformed")
                 if self.token:
-                    log.debug("malformed packet from %s (not answered: a token is required): %s", origin, item)
+                    host = self._peers(origin).host
+                    self.refusals.info((host, "malformed"), "malformed packet from %s, not answered (a token is "
+                                       "required): %s", host, safe_repr(item.message, 200))
                 else:
-                    self.router.send(origin, "/musicgen/fail", [item.address, "", "bad_args", item.message])
+                    replies.send("/musicgen/fail", [item.address, "", "bad_args", item.message])
             else:
-                self.handle_message(origin, item.address, item.args)
+                self.handle_message(origin, item.address, item.args, replies)
+        replies.summarise()
 
-    def handle_message(self, origin: Any, address: str, args: Sequence[Any]) -> None:
+    def handle_message(self, origin: Any, address: str, args: Sequence[Any],
+                       replies: PacketReplies | None = None) -> None:
         """Run one message's route; any error becomes ``/musicgen/fail <address> <id> <code> <message>``."""
         self.stats.add("messages")
+        if replies is None:
+            replies = PacketReplies(self.router, origin)
         route = self.routes.get(address)
         job_id = ""
         if route is not None and route.takes_job_id and args and isinstance(args[0], (str, int)):
-            job_id = str(args[0])
+            job_id = str(args[0])[:MAX_ECHO]
+        echoed = address[:MAX_ECHO]  # the address echoed in a fail: enough to match, never a 60 KB reply
         try:
             args = self._check_token(args, len(route.params) if route is not None else 0)
             if route is None:
-                self.router.send(origin, "/musicgen/fail", [
-                    address, "", "unknown_address",
-                    f"no address {address}{self.routes.suggest(address)}: /musicgen/api/list lists them"])
+                replies.send("/musicgen/fail", [
+                    echoed, "", "unknown_address",
+                    f"no address {safe_repr(address)}{self.routes.suggest(address[:MAX_ECHO])}: /musicgen/api/list "
+                    "lists them"])
                 return
-            ctx = Context(address=address, app=self.app, routes=self.routes,
-                          reply=lambda a, v: self.router.send(origin, a, v), peers=self._peers(origin), origin=origin,
-                          describe=self.router.describe)
+            ctx = Context(address=address, app=self.app, routes=self.routes, reply=replies.send,
+                          peers=self._peers(origin), origin=origin, describe=self.router.describe, clips=self.clips)
             route.call(ctx, args)
         except BridgeError as exc:
+            host = self._peers(origin).host
             if isinstance(exc, Unauthorized):
                 self.stats.add("unauthorized")
-            host = self._peers(origin).host
-            self.refusals.info((host, exc.code), "refused %s from %s: %s: %s", address, host, exc.code, exc.message)
-            self.router.send(origin, "/musicgen/fail", [address, job_id, exc.code, exc.message])
-        except Exception as exc:
-            log.exception("bug while handling %s %r", address, list(args))
-            self.router.send(origin, "/musicgen/fail", [
-                address, job_id, "internal",
-                f"the bridge hit a bug handling {address} ({type(exc).__name__}: {exc}); please report it with the "
-                "daemon's log"])
+                if self.guarded:  # an unproven sender off loopback gets nothing: the source may be forged
+                    self.stats.add("unproven")
+                    self.refusals.warning((host, "unproven"), "ignored %s from %s: %s (off loopback, a sender "
+                                          "without the token gets no reply)", safe_repr(address), host, exc.message)
+                    if isinstance(origin, TcpPeer):
+                        origin.conn.closing = True
+                    return
+            replies.send("/musicgen/fail", [echoed, job_id, exc.code, exc.message])  # the answer first, then the log
+            self.refusals.info((host, exc.code), "refused %s from %s: %s: %s", safe_repr(address), host, exc.code,
+                               exc.message)
+        except Exception as exc:  # noqa: BLE001 - any bug in a route becomes `internal`, never the loop's end
+            replies.send("/musicgen/fail", [
+                echoed, job_id, "internal",
+                f"the bridge hit a bug handling {safe_repr(address)} ({type(exc).__name__}: {_text_of(exc)}); "
+                "please report it with the daemon's log"])
+            self.bugs.log(logging.ERROR, (address[:MAX_ECHO], type(exc).__name__), "bug while handling %s %s: %s: %s",
+                          safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc), exc_info=True)
 
     def _check_token(self, args: Sequence[Any], first_option: int) -> list[Any]:
         """Take the ``token`` option out of ``args``; raise Unauthorized when it is required and wrong."""
@@ -409,3 +474,12 @@ class OscServer:
     def _peers(self, origin: Any) -> HostPeers:
         host = origin.conn.host if isinstance(origin, TcpPeer) else getattr(origin, "host", self.router.default_host)
         return HostPeers(self.router, host)
+
+
+def _text_of(exc: BaseException) -> str:
+    """An exception's message, short, whatever it holds."""
+    try:
+        return safe_repr(str(exc), 300).strip("'\"")
+    except Exception:  # noqa: BLE001 - str() of a broken exception can raise anything
+        return "(no message)"
+

@@ -22,9 +22,17 @@ from typing import Any
 from pythonosc.osc_message_builder import BuildError, OscMessageBuilder
 from pythonosc.parsing import osc_types
 
+from bridge.saferepr import safe_repr
+
 MAX_PACKET = 65536
 """Largest packet accepted, UDP or TCP (UDP itself stops at 65,507 bytes)."""
 MAX_BUNDLE_DEPTH = 8
+MAX_ARRAY_DEPTH = 8
+"""OSC arrays (``[`` ... ``]``) nested deeper than this are refused: no option or id needs more than one."""
+MAX_ARGS = 1024
+"""Arguments in one message, counting those inside arrays (a 64 KiB packet could hold 13,000)."""
+MAX_BUNDLE_MESSAGES = 256
+"""Messages in one packet, counting nested bundles': a bigger bundle is refused whole, with one fail."""
 
 BUNDLE_PREFIX = b"#bundle\x00"
 _SUPPORTED_TAGS = "ihfdsScbmtrTFNI[]"
@@ -118,8 +126,15 @@ def decode_message(data: bytes) -> Message:
         if unknown:
             raise ValueError(f"unsupported argument type(s) {''.join(unknown)!r}: send i, h, f, d, s, T, F or N")
         stack: list[list[Any]] = [[]]
+        count = 0
         for tag in tags[1:]:
+            if tag != "]":
+                count += 1
+                if count > MAX_ARGS:
+                    raise ValueError(f"more than {MAX_ARGS} arguments (arrays count as one each)")
             if tag == "[":
+                if len(stack) > MAX_ARRAY_DEPTH:
+                    raise ValueError(f"arrays nested deeper than {MAX_ARRAY_DEPTH} levels")
                 stack.append([])
             elif tag == "]":
                 if len(stack) < 2:
@@ -142,12 +157,16 @@ def decode_packet(data: bytes) -> list[Message | BadPacket]:
     """Every message in a packet (bundles opened, time tags ignored), in order.
 
     A bad element inside a bundle becomes a :class:`BadPacket` in its place; the good ones
-    around it still count. A packet that is bad as a whole gives a single :class:`BadPacket`.
+    around it still count. A packet that is bad as a whole gives a single :class:`BadPacket`, and so
+    does a bundle of more than :data:`MAX_BUNDLE_MESSAGES` messages (none of them is run).
     """
     if len(data) > MAX_PACKET:
         return [BadPacket(peek_address(data), f"packet of {len(data)} bytes is over the {MAX_PACKET}-byte limit")]
     out: list[Message | BadPacket] = []
     _decode_into(data, out, 0)
+    if len(out) > MAX_BUNDLE_MESSAGES:
+        return [BadPacket("", f"a bundle of more than {MAX_BUNDLE_MESSAGES} messages: none of it was run; send "
+                              f"at most {MAX_BUNDLE_MESSAGES} per bundle")]
     return out
 
 
@@ -159,7 +178,7 @@ def _decode_into(data: bytes, out: list[Message | BadPacket], depth: int) -> Non
             out.append(exc)
         return
     if not data.startswith(BUNDLE_PREFIX):
-        what = "an empty packet" if not data else f"a packet starting with {data[:8]!r}"
+        what = "an empty packet" if not data else f"a packet starting with {safe_repr(data, 8)}"
         out.append(BadPacket("", f"not OSC: {what} (a message starts with '/', a bundle with '#bundle')"))
         return
     if depth >= MAX_BUNDLE_DEPTH:
@@ -170,6 +189,8 @@ def _decode_into(data: bytes, out: list[Message | BadPacket], depth: int) -> Non
         out.append(BadPacket("", "bundle too short for its time tag"))
         return
     while index < len(data):
+        if len(out) > MAX_BUNDLE_MESSAGES:
+            return  # decode_packet refuses the whole bundle
         if index + 4 > len(data):
             out.append(BadPacket("", "bundle element size cut short"))
             return
@@ -203,7 +224,7 @@ def encode_message(address: str, args: Sequence[Any] = ()) -> bytes:
     try:
         return builder.build().dgram
     except BuildError as exc:
-        raise ValueError(f"cannot encode {address} {list(args)!r}: {exc}") from None
+        raise ValueError(f"cannot encode {address} {safe_repr(list(args))}: {exc}") from None
 
 
 def encode_bundle(messages: Sequence[bytes], timetag: int = 1) -> bytes:
