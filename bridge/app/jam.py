@@ -38,7 +38,7 @@ from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
-from bridge.errors import BadArgs, Busy, Cancelled, Internal, NotFound
+from bridge.errors import BadArgs, Busy, Cancelled, Internal, NoAudioDevice, NotFound
 from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
@@ -273,6 +273,11 @@ class JamController:
 
         try:
             if request.play:
+                try:
+                    self.output.check_available()
+                except NoAudioDevice as exc:
+                    raise NoAudioDevice(f"{exc.message}; or start the jam with play 0 (on the command line: "
+                                        "--no-play) to write its segments without playing them") from None
                 with self.output.for_jam(on_stop=self._stop_from_output) as player:
                     take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
