@@ -171,9 +171,10 @@ _FILES = frozenset(("job", "cli", "preset"))
 _REQUEST_ONLY = frozenset(("job", "preset"))
 
 _TABLE = (
-    Option("seed", int, None, "the random seed: the same seed and options give the same audio (a jam counts up "
-           "from it, one a segment)", _FILES | {"jam"}, "a whole number", "sampling", low=0,
-           limits_text="from 0 to 2**63-1", high=2**63 - 1, default_text="random", jam_default=0),
+    Option("seed", int, None, "the random seed: the same seed and options give the same audio (a jam draws one "
+           "when not given and goes on from it, one generator through the take; the jam prints it)",
+           _FILES | {"jam"}, "a whole number", "sampling", low=0, limits_text="from 0 to 2**63-1", high=2**63 - 1,
+           default_text="random"),
     Option("guidance", float, 3.0, "classifier-free guidance: how closely the audio follows the text", _ALL,
            "a number, e.g. 3.0", "sampling", low=0.0, high=20.0, note="3 is the usual"),
     Option("temperature", float, 1.0, "sampling temperature: lower is tamer, higher is wilder", _ALL,

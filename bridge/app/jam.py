@@ -174,6 +174,9 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
             player.stop()
     whole = np.concatenate(pieces, axis=-1) if pieces else np.zeros((jam.engine.channels, 0), np.float32)
     audio.write_atomic(take.path, whole, rate)
+    if player is None and record is not None:  # nothing played: the record is the take itself
+        audio.write_atomic(record, whole, rate)
+        take.record_path = record
     take.seconds = whole.shape[-1] / rate
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
@@ -282,7 +285,8 @@ class JamController:
                     take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
             else:
-                take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds, warn=warn)
+                take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds,
+                               record=Path(record) if record else None, warn=warn)
         finally:
             with self._lock:
                 self._jam = None
@@ -290,4 +294,5 @@ class JamController:
         if is_cancelled():
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
+        take.seed = settings.seed
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)

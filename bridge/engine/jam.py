@@ -50,7 +50,7 @@ class JamSettings:
     guidance: float = jam_default("guidance")
     top_k: int = jam_default("top_k")
     top_p: float = jam_default("top_p")
-    seed: int = jam_default("seed")
+    seed: int = 0  # a jam job passes its request's seed, or a random one (the table's default)
     context_seconds: float = jam_default("context_seconds")
 
     def check(self) -> JamSettings:
