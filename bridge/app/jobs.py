@@ -205,6 +205,8 @@ class JobQueue:
                 else:
                     queued.append((job, self._enqueue(job)))
         for job, error in refused:
+            if isinstance(error, Internal):
+                log.warning("%s", error.message)
             self._finish(job, error=error)
         for job, position in queued:
             self._announce(job, position)
