@@ -366,8 +366,7 @@ class Journal:
                 skipped += 1
         if skipped:
             note = f" ({len(damaged)} requester(s) of damaged jobs told so)" if damaged else ""
-            log.warning("the job journal %s had %d lines that are not records: skipped them%s", self.path, skipped,
-                        note)
+            log.warning("the job journal %s had %d lines that are not records: skipped them%s", self.path, skipped, note)
         self._size = len(data)
         return Recovery(unfinished=[job.view() for job in self._active.values()] + list(damaged.values()),
                         ended=[job.view() for job in self._ended], torn_bytes=torn, skipped_lines=skipped)
