@@ -287,7 +287,11 @@ class JobQueue:
             with self._lock:
                 self._intake.popleft()
                 job.request = entry.request or job.request
-                position = self._enqueue(job)
+                closing = self._closing
+                position = -1 if closing else self._enqueue(job)
+            if closing:  # close() came while it was being journaled: it ends cancelled, recorded so
+                self._finish(job, error=Cancelled(f"job {job.id} was cancelled: {SHUTTING_DOWN}"))
+                continue
             self._announce(job, position)
             if job.is_cancelled():  # cancelled while it was being journaled
                 with self._lock:
