@@ -39,6 +39,7 @@ class Config:
     audio_device: str | None = None
     state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
     allow_dirs: tuple[Path, ...] | None = None  # where OSC clients may read clips; None: see ClipRoots
+    max_job_memory: int | None = None  # MB one job may hold at its peak; None: half the machine's memory
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -51,7 +52,7 @@ def _coerce(name: str, value: Any) -> Any:
     kind = _FIELDS[name].type
     if value is None:
         return None
-    if name in ("port", "reply_port", "queue_size"):
+    if name in ("port", "reply_port", "queue_size", "max_job_memory"):
         return int(value)
     if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))

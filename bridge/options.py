@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from bridge import tempo
 from bridge.errors import BadArgs
 from bridge.saferepr import safe_repr
 from bridge.tempo import MAX_BEATS_PER_BAR, MAX_BPM, MIN_BPM
@@ -171,9 +172,10 @@ _FILES = frozenset(("job", "cli", "preset"))
 _REQUEST_ONLY = frozenset(("job", "preset"))
 
 _TABLE = (
-    Option("seed", int, None, "the random seed: the same seed and options give the same audio (a jam counts up "
-           "from it, one a segment)", _FILES | {"jam"}, "a whole number", "sampling", low=0,
-           limits_text="from 0 to 2**63-1", high=2**63 - 1, default_text="random", jam_default=0),
+    Option("seed", int, None, "the random seed: the same seed and options give the same audio (a jam draws one "
+           "when not given and goes on from it, one generator through the take; the jam prints it)",
+           _FILES | {"jam"}, "a whole number", "sampling", low=0, limits_text="from 0 to 2**63-1", high=2**63 - 1,
+           default_text="random"),
     Option("guidance", float, 3.0, "classifier-free guidance: how closely the audio follows the text", _ALL,
            "a number, e.g. 3.0", "sampling", low=0.0, high=20.0, note="3 is the usual"),
     Option("temperature", float, 1.0, "sampling temperature: lower is tamer, higher is wilder", _ALL,
@@ -365,6 +367,14 @@ class Request:
             OPTIONS["bpm"].check(self.bpm)
             if not OPTIONS["bars"].in_range(self.bars):
                 raise BadArgs(f"bars {self.bars} is out of range: it must be {OPTIONS['bars'].limits()}")
+            OPTIONS["beats_per_bar"].check(self.beats_per_bar)
+            bar = float(tempo.bar_seconds(self.bpm, self.beats_per_bar))
+            if bar * self.bars > MAX_SECONDS:
+                most = int(MAX_SECONDS // bar)
+                fits = f"at most {most} bar{'s' if most != 1 else ''}" if most else "a faster tempo or fewer beats a bar"
+                raise BadArgs(f"{self.bars} bars of {self.beats_per_bar} beats at {self.bpm:g} bpm is "
+                              f"{bar * self.bars:.0f} s, over the {MAX_SECONDS:g} s limit of one job: ask for {fits} "
+                              "at this tempo (or make it in parts, continuing the last)")
         elif self.seconds is None or self.seconds <= 0:
             raise BadArgs("give a length: seconds above 0, or bpm and bars")
         if not OPTIONS["seconds"].in_range(self.seconds):

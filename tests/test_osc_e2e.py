@@ -122,7 +122,8 @@ def test_play_without_an_audio_device_says_so(osc_server, tiny_bridge, monkeypat
     _server, client = osc_server(bridge=tiny_bridge)
     client.send("/musicgen/generate", "p1", "keys", 0.5, "play", 1)
     fail = client.expect_fail("no_audio_device", timeout=60)
-    assert fail.args[:2] == ("/musicgen/generate", "p1") and "still writes files" in fail.args[3]
+    assert fail.args[:2] == ("/musicgen/generate", "p1") and "play 0" in fail.args[3]
+    assert "writes files" not in fail.args[3]  # the job wrote nothing: it failed before generating
 
 
 def test_preset_over_osc_uses_the_bank(osc_server, tiny_engine, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge import __version__, audio
 from bridge.app import planning
+from bridge.app.budget import Limits, check_cost, job_cost, prompt_tail_seconds
 from bridge.app.jam import JamController
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
@@ -25,8 +26,10 @@ from bridge.app.storage import check_output_folder, estimate_bytes
 from bridge.app.store import ResultStore
 from bridge.config import Config
 from bridge.engine import Engine
-from bridge.errors import BadArgs, NotFound
+from bridge.errors import BadArgs, Cancelled, NoAudioDevice, NotFound
 from bridge.options import Request
+
+PLAY_ZERO = "send it again with play 0 to get the file without playing it"
 
 
 class Bridge:
@@ -41,6 +44,7 @@ class Bridge:
         self.output = output if output is not None else OutputDevice(config.audio_device)
         self.renderer = Renderer(engine)
         self.jam = JamController(engine, self.output, self.store, presets)
+        self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
 
     @property
     def output_dir(self) -> Path:
@@ -75,7 +79,8 @@ class Bridge:
         return self.check(base.with_options(options).validate())
 
     def check(self, request: Request) -> Request:
-        """The rules that need the running bridge: the file name, streaming's limits, a melody model."""
+        """The rules that need the running bridge: the file name, streaming's limits, a melody model, and
+        the job's cost (samples and memory, from its plan and its clip's header) within the limits."""
         if request.name is not None:
             self.store.result_path(request.name, request.format)  # refuse a bad name before queueing
         if request.stream and (request.variations > 1 or request.include_prompt or request.normalize != "off"):
@@ -86,6 +91,9 @@ class Bridge:
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "
                 "restart it with --model facebook/musicgen-melody (or tiny-random-melody to test)"
             )
+        if request.mode != "jam":
+            clip = audio.probe_clip(request.clip) if request.clip else None  # the header only: bad_audio now
+            check_cost(job_cost(request, planning.plan(request, clip, self.engine), clip, self.engine), self.limits)
         return request
 
     def preset_request(self, bank: str, preset: str, options: Mapping[str, Any]) -> Request:
@@ -107,31 +115,51 @@ class Bridge:
             return self.jam.run(job_id, request, is_cancelled, on_chunk, on_warning)
         started = time.monotonic()
         if request.play:
-            self.output.check_available()  # no device: fail before generating
-        clip = audio.read_clip(request.clip) if request.clip else None
-        plan = planning.plan(request, clip, self.engine)
+            self.check_output(PLAY_ZERO)  # no device: fail before generating
+        info = audio.probe_clip(request.clip) if request.clip else None
+        plan = planning.plan(request, info, self.engine)
+        check_cost(job_cost(request, plan, info, self.engine), self.limits)  # again: a restored job, a changed file
+        if plan.rate_note and on_warning is not None:
+            on_warning(plan.rate_note)
+        clip = (audio.read_clip(request.clip, tail_seconds=prompt_tail_seconds(request, plan, self.engine))
+                if request.clip else None)
         self._check_room(request, plan, clip)
         seed = request.seed if request.seed is not None else secrets.randbits(31)
         stem = self.store.stem(job_id, request)
         writer = (ChunkWriter(self.engine, request, plan, clip, self.store.chunk_folder(stem), on_chunk)
                   if request.stream else None)
+        stop_if_cancelled(is_cancelled)
         outputs = self.renderer.render(request, plan, clip, seed, progress, is_cancelled, writer)
+        stop_if_cancelled(is_cancelled)
         paths, sidecars = self.store.write(job_id, request, plan, seed, clip, outputs, time.monotonic() - started,
-                                           stem, self._model_facts())
+                                           stem, self._model_facts(), is_cancelled=is_cancelled)
         progress(1.0)
         if request.play:
             self.output.play_now(paths[0])
         return JobResult(paths=paths, seconds=outputs[0].shape[-1] / plan.out_rate, sample_rate=plan.out_rate,
                          sidecars=sidecars)
 
+    def check_output(self, advice: str) -> None:
+        """NoAudioDevice, with ``advice`` on how to do without it, when there is no output device."""
+        try:
+            self.output.check_available()
+        except NoAudioDevice as exc:
+            raise NoAudioDevice(f"{exc.message}; {advice}") from None
+
     def _check_room(self, request: Request, plan: planning.Plan, clip: audio.Clip | None) -> None:
         """StorageError before any generation when the output folder cannot take the result."""
         samples = plan.out_samples + (round(clip.seconds * plan.out_rate) if request.include_prompt and clip else 0)
-        channels = max(self.engine.channels, clip.data.shape[0] if clip is not None else 1)
+        channels = max(self.engine.channels, clip.channels if clip is not None else 1)
         check_output_folder(self.store.folder, estimate_bytes(samples, channels, variations=request.variations,
                                                               fmt=request.format, copies=2 if request.stream else 1))
 
-    def plan(self, request: Request, clip: audio.Clip | None) -> planning.Plan:
+    def plan(self, request: Request, clip: planning.ClipFacts | None) -> planning.Plan:
         """The sample-exact layout ``run`` would use for ``request`` (for tests and tools)."""
         return planning.plan(request, clip, self.engine)
 
+
+
+def stop_if_cancelled(is_cancelled: Callable[[], bool]) -> None:
+    """Cancelled when the job was cancelled: called between stages, so a cancel never waits for the whole job."""
+    if is_cancelled():
+        raise Cancelled("the job was cancelled")

@@ -38,7 +38,7 @@ from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
-from bridge.errors import BadArgs, Busy, Cancelled, Internal, NotFound
+from bridge.errors import BadArgs, Busy, Cancelled, Internal, NoAudioDevice, NotFound
 from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
             player.stop()
     whole = np.concatenate(pieces, axis=-1) if pieces else np.zeros((jam.engine.channels, 0), np.float32)
     audio.write_atomic(take.path, whole, rate)
+    if player is None and record is not None:  # nothing played: the record is the take itself
+        audio.write_atomic(record, whole, rate)
+        take.record_path = record
     take.seconds = whole.shape[-1] / rate
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
@@ -273,11 +276,17 @@ class JamController:
 
         try:
             if request.play:
+                try:
+                    self.output.check_available()
+                except NoAudioDevice as exc:
+                    raise NoAudioDevice(f"{exc.message}; or start the jam with play 0 (on the command line: "
+                                        "--no-play) to write its segments without playing them") from None
                 with self.output.for_jam(on_stop=self._stop_from_output) as player:
                     take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
             else:
-                take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds, warn=warn)
+                take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds,
+                               record=Path(record) if record else None, warn=warn)
         finally:
             with self._lock:
                 self._jam = None
@@ -285,4 +294,5 @@ class JamController:
         if is_cancelled():
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
+        take.seed = settings.seed
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)

@@ -1,24 +1,29 @@
 """The job queue: a bounded queue and the one worker thread that owns the engine.
 
 Every front end (OSC, MIDI, the CLI) submits :class:`Job` s here. The worker runs them one at a
-time through ``bridge.run`` and reports each step to a :class:`JobListener`: ``queued`` at once,
+time through ``bridge.run`` and reports each step to a :class:`JobListener`: ``queued`` first,
 ``progress`` at most ~10 times a second, ``chunk`` while streaming, then exactly one ``done`` or
 ``fail``, always with the client's id. A full queue is :class:`~bridge.errors.Busy` at
 :meth:`JobQueue.submit`; cancel takes a queued job out of the queue, and stops a running one at
-its next decoding step. The last finished jobs are remembered, for ``/musicgen/job``.
+its next step (a decoding step, or between post-processing stages and variations). The last
+finished jobs are remembered, for ``/musicgen/job``.
 
 With a :class:`~bridge.app.journal.Journal`, every accepted job is on disk (fsynced) before its
 ``queued`` goes out, its start and its end are recorded, and :meth:`JobQueue.restore` brings the
-jobs a crash interrupted back into the queue in their order, with their ids, seeds and requesters.
+jobs a crash interrupted back into the queue in their order, with their ids, seeds and requesters;
+one that was running at two crashes in a row is failed (``internal``) instead of run a third time.
 
-Listener calls come from the submitting thread (``queued``; ``fail`` for a job cancelled while
-queued) and from the worker (the rest), never two for one job at the same time; a listener
-must not call back into the queue from ``queued``.
+No disk write and no listener call happens under the queue's lock, and with a journal the
+submitting thread (the OSC loop) does not wait for the disk either: :meth:`JobQueue.submit` checks
+the request's place and hands the job to the intake thread, which journals it (fsync), queues it
+and reports ``queued``, or ``fail storage`` when the disk refuses. Listener calls come from the
+submitting thread (``queued`` without a journal; ``fail`` for a job cancelled while queued), the
+intake thread and the worker, never two for one job at the same time; a listener must not call
+back into the queue from ``queued``.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import logging
 import secrets
@@ -26,10 +31,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from bridge.app.job_types import ALL, MAX_ID_LENGTH, Job, JobKind, JobListener, NullListener, Runner
 from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
 
 if TYPE_CHECKING:
@@ -37,96 +42,14 @@ if TYPE_CHECKING:
     from bridge.app.results import Chunk, JobResult
     from bridge.options import Request
 
+__all__ = ["ALL", "MAX_ID_LENGTH", "Job", "JobKind", "JobListener", "JobQueue", "NullListener", "Runner"]
+
 log = logging.getLogger(__name__)
 
-ALL = "*"
-"""The job id that means every job, for :meth:`JobQueue.cancel`."""
+ANNOUNCE_WAIT = 10.0
+"""Seconds a job's end waits for its ``queued`` to go out first (another thread is sending it)."""
 
-MAX_ID_LENGTH = 128
-
-
-class JobKind(enum.Enum):
-    """How a job was asked for; front ends map it to their own words (OSC: the request's address)."""
-
-    GENERATE = "generate"
-    CONTINUE = "continue"
-    MELODY = "melody"
-    PRESET = "preset"
-    JAM = "jam"
-
-
-class Runner(Protocol):
-    """What the queue needs of :class:`bridge.app.bridge.Bridge`."""
-
-    def run(self, job_id: str, request: Request, progress: Callable[[float], None],
-            is_cancelled: Callable[[], bool],
-            on_chunk: Callable[[Chunk], None] | None = None,
-            on_warning: Callable[[str], None] | None = None) -> JobResult: ...
-
-
-class JobListener(Protocol):
-    """Receives a job's events; the OSC server turns them into replies."""
-
-    def queued(self, job: Job, position: int) -> None: ...
-
-    def progress(self, job: Job, fraction: float) -> None: ...
-
-    def chunk(self, job: Job, chunk: Chunk) -> None: ...
-
-    def warning(self, job: Job, message: str) -> None: ...
-
-    def done(self, job: Job, result: JobResult) -> None: ...
-
-    def fail(self, job: Job, error: BridgeError) -> None: ...
-
-
-class NullListener:
-    """A listener that ignores everything (a queue nobody watches, e.g. in a one-shot CLI)."""
-
-    def queued(self, job: Job, position: int) -> None:
-        del job, position
-
-    def progress(self, job: Job, fraction: float) -> None:
-        del job, fraction
-
-    def chunk(self, job: Job, chunk: Chunk) -> None:
-        del job, chunk
-
-    def warning(self, job: Job, message: str) -> None:
-        del job, message
-
-    def done(self, job: Job, result: JobResult) -> None:
-        del job, result
-
-    def fail(self, job: Job, error: BridgeError) -> None:
-        del job, error
-
-
-@dataclass(eq=False)
-class Job:
-    """One accepted request, from queued to done, failed or cancelled."""
-
-    id: str
-    request: Request
-    kind: JobKind = JobKind.GENERATE
-    origin: Any = None
-    """Where replies go, as the front end that submitted it understands it; None: everyone."""
-    state: str = "queued"  # queued | running | done | failed | cancelled
-    submitted: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    result: JobResult | None = None
-    error: BridgeError | None = None
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
-    _cancel_reason: str = field(default="", repr=False)
-    _last_progress: float = field(default=-1.0, repr=False)
-
-    def is_cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
+SHUTTING_DOWN = "the bridge is shutting down; send the job again once it is back"
 
 
 class JobQueue:
@@ -143,52 +66,61 @@ class JobQueue:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._waiting: deque[Job] = deque()
+        self._intake: deque[tuple[Job, Any]] = deque()  # accepted, not yet journaled (with where replies go)
         self._running: Job | None = None
         self._finished: deque[Job] = deque(maxlen=journal_size)  # the last ended jobs, for find()
         self.journal = journal
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._intake_thread: threading.Thread | None = None
         self._numbers = itertools.count(1)
         self._id_salt = secrets.token_hex(3)
 
     # -- life -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker (once); :meth:`submit` starts it too."""
+        """Start the worker (and, with a journal, the intake thread) once; :meth:`submit` starts them too."""
         with self._lock:
-            if self._thread is None and not self._closing:
+            if self._closing:
+                return
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="musicgen-worker", daemon=True)
                 self._thread.start()
+            if self.journal is not None and self._intake_thread is None:
+                self._intake_thread = threading.Thread(target=self._take_in, name="musicgen-intake", daemon=True)
+                self._intake_thread.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Refuse new jobs, cancel the queued and the running one (each reported), join the worker."""
+        """Refuse new jobs, cancel the queued and the running one (each reported), join the threads."""
         with self._lock:
             self._closing = True
-            reason = "the bridge is shutting down; send the job again once it is back"
-            for job in list(self._waiting):
-                self._waiting.remove(job)
-                self._finish(job, error=Cancelled(f"job {job.id} was cancelled: {reason}"))
+            waiting = list(self._waiting)
+            self._waiting.clear()
             running = self._running
             if running is not None:
-                self._request_cancel(running, f"job {running.id} was cancelled: {reason}")
+                self._request_cancel(running, f"job {running.id} was cancelled: {SHUTTING_DOWN}")
             self._wake.notify_all()
-            thread = self._thread
+            thread, intake = self._thread, self._intake_thread
+        for job in waiting:
+            self._finish(job, error=Cancelled(f"job {job.id} was cancelled: {SHUTTING_DOWN}"))
+        if intake is not None and intake is not threading.current_thread():
+            intake.join(timeout)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive() and running is not None:
                 log.warning("job %s did not stop within %.0f s of its cancel; reporting it cancelled", running.id,
                             timeout)
-                self._finish(running, error=Cancelled(f"job {running.id} was cancelled: {reason}"))
+                self._finish(running, error=Cancelled(f"job {running.id} was cancelled: {SHUTTING_DOWN}"))
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, request: Request, job_id: str = "", kind: JobKind = JobKind.GENERATE,
                origin: Any = None, reply: Any = None) -> Job:
-        """Queue a job and report it ``queued``; raise Busy when the queue is full.
+        """Accept a job and have it reported ``queued``; raise Busy when the queue is full.
 
         ``job_id`` "" lets the queue pick a unique one. An id that is still queued or running
         is refused (BadArgs), so replies and cancels always name one job. With a journal, the
-        job is written to disk first (StorageError when it cannot be: the job is refused), with
-        ``reply`` (plain data from the front end saying where its replies go, for a restart)
-        and its seed fixed, so running it again gives the same result.
+        intake thread writes the job to disk before it is queued (a disk that refuses ends it
+        ``fail storage``), with ``reply`` (plain data from the front end saying where its replies
+        go, for a restart) and its seed fixed, so running it again gives the same result.
         """
         if len(job_id) > MAX_ID_LENGTH:
             raise BadArgs(f"job id is {len(job_id)} characters long: keep it under {MAX_ID_LENGTH}")
@@ -203,42 +135,41 @@ class JobQueue:
             elif self._find_active(job_id) is not None:
                 raise BadArgs(f"job id {job_id!r} is already queued or running: use a new id for each job "
                               "(or \"\" and the bridge picks one)")
-            if len(self._waiting) >= self.maxsize:
+            if len(self._waiting) + len(self._intake) >= self.maxsize:
                 raise Busy(f"the queue is full ({self.maxsize} jobs waiting): wait for a /musicgen/done, cancel "
                            "jobs, or start the bridge with a larger --queue")
-            if self.journal is not None:
-                request = self.journal.accept(job_id, request, kind.value, reply=reply).request or request
             job = Job(id=job_id, request=request, kind=kind, origin=origin)
-            position = len(self._waiting) + (1 if self._running is not None else 0)
-            self._waiting.append(job)
-            # reported under the lock, so "queued" always goes out before the worker's first "progress"
-            self._emit("queued", job, position)
-            self._wake.notify()
-            return job
+            if self.journal is not None:
+                self._intake.append((job, reply))
+                self._wake.notify_all()
+                return job
+            position = self._enqueue(job)
+        self._announce(job, position)
+        return job
 
     def cancel(self, job_id: str) -> list[Job]:
         """Cancel one job by id, or every job with ``*``; return the jobs hit.
 
         A queued job leaves the queue and is reported ``fail ... cancelled`` at once; a running one
-        is reported when it stops, at its next decoding step. An unknown id is NotFound
-        (``*`` with nothing to cancel is not an error).
+        is reported when it stops, at its next step. An unknown id is NotFound (``*`` with nothing
+        to cancel is not an error).
         """
         with self._lock:
-            hit = [job for job in self._waiting if job_id in (ALL, job.id)]
+            taken = [job for job in self._waiting if job_id in (ALL, job.id)]
+            for job in taken:
+                self._waiting.remove(job)
+            flagged = [job for job, _reply in self._intake if job_id in (ALL, job.id) and not job.is_cancelled()]
             running = self._running
             if running is not None and job_id in (ALL, running.id) and not running.is_cancelled():
-                hit.append(running)
-            if not hit and job_id != ALL:
+                flagged.append(running)
+            if not taken and not flagged and job_id != ALL:
                 raise NotFound(f"no queued or running job has id {job_id!r}: it may have finished already "
                                "(/musicgen/job tells how it ended)")
-            for job in hit:
-                reason = f"job {job.id} was cancelled by a client"
-                if job is running:
-                    self._request_cancel(job, reason)
-                else:
-                    self._waiting.remove(job)
-                    self._finish(job, error=Cancelled(reason + " before it started"))
-            return hit
+            for job in flagged:  # the intake or the worker reports these when they stop
+                self._request_cancel(job, f"job {job.id} was cancelled by a client")
+        for job in taken:
+            self._finish(job, error=Cancelled(f"job {job.id} was cancelled by a client before it started"))
+        return taken + flagged
 
     def restore(self, entries: list[JournalEntry], ended: list[JournalEntry],
                 origin_for: Callable[[Any], Any], *, fresh: bool = False) -> list[Job]:
@@ -246,13 +177,15 @@ class JobQueue:
 
         Each keeps its id, kind, request (with its seed) and requester (``origin_for(entry.reply)``).
         A jam is not resumed, and with ``fresh`` nothing is: those end cancelled, told to their
-        requester, as does a job whose request no longer validates. Restored jobs may exceed the
-        queue's bound: they were accepted before. Returns the jobs queued again.
+        requester. A job whose record cannot be read (a damaged journal), and one that was running
+        each of the last two times the bridge died, end ``fail internal`` saying so. Restored jobs
+        may exceed the queue's bound: they were accepted before. Returns the jobs queued again.
         """
         from bridge.app.results import JobResult  # noqa: PLC0415
 
         self.start()
-        queued: list[Job] = []
+        queued: list[tuple[Job, int]] = []
+        refused: list[tuple[Job, BridgeError]] = []
         with self._lock:
             for entry in ended:
                 job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
@@ -266,28 +199,26 @@ class JobQueue:
             for entry in entries:
                 job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
                           origin=origin_for(entry.reply))
-                if fresh or not entry.resumable:
-                    if fresh:
-                        why = "the bridge was restarted clean (--fresh), so it did not run it: send it again"
-                    elif job.kind is JobKind.JAM:
-                        why = "the bridge restarted, and a jam is not resumed: start it again"
-                    else:
-                        why = f"the bridge restarted and cannot run it again ({entry.error}): send it again"
-                    self._finish(job, error=Cancelled(f"job {job.id} was not run again: {why}"))
-                    continue
-                self._waiting.append(job)
-                queued.append(job)
-                self._emit("queued", job, len(self._waiting) - 1 + (1 if self._running is not None else 0))
-            self._wake.notify()
+                error = _not_run_again(job, entry, fresh)
+                if error is not None:
+                    refused.append((job, error))
+                else:
+                    queued.append((job, self._enqueue(job)))
+        for job, error in refused:
+            if isinstance(error, Internal):
+                log.warning("%s", error.message)
+            self._finish(job, error=error)
+        for job, position in queued:
+            self._announce(job, position)
         if queued:
-            log.info("restored %d job(s) from the journal: %s", len(queued), ", ".join(j.id for j in queued))
-        return queued
+            log.info("restored %d job(s) from the journal: %s", len(queued), ", ".join(j.id for j, _ in queued))
+        return [job for job, _ in queued]
 
     # -- facts ------------------------------------------------------------------------------
     def snapshot(self) -> tuple[int, Job | None]:
         """(jobs waiting, the running job or None)."""
         with self._lock:
-            return len(self._waiting), self._running
+            return len(self._waiting) + len(self._intake), self._running
 
     def find(self, job_id: str) -> Job | None:
         """A queued or running job, or one of the recently finished ones, by id."""
@@ -320,12 +251,67 @@ class JobQueue:
         """Wait until nothing is queued or running; False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._waiting or self._running is not None:
+            while self._waiting or self._intake or self._running is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._wake.wait(min(left, 0.05))
             return True
+
+    # -- the intake (with a journal) ------------------------------------------------------------
+    def _take_in(self) -> None:
+        """Journal each accepted job (fsync, off the submitting thread), then queue and announce it."""
+        journal = self.journal
+        if journal is None:
+            return
+        while True:
+            with self._lock:
+                while not self._intake and not self._closing:
+                    self._wake.wait()
+                if not self._intake:
+                    return
+                job, reply = self._intake[0]
+                closing = self._closing
+            if closing:
+                with self._lock:
+                    self._intake.popleft()
+                self._finish(job, error=Cancelled(f"job {job.id} was cancelled: {SHUTTING_DOWN}"))
+                continue
+            try:
+                entry = journal.accept(job.id, job.request, job.kind.value, reply=reply)
+            except BridgeError as exc:
+                with self._lock:
+                    self._intake.popleft()
+                self._finish(job, error=exc)  # the disk refused it: the job was never queued
+                continue
+            with self._lock:
+                self._intake.popleft()
+                job.request = entry.request or job.request
+                closing = self._closing
+                position = -1 if closing else self._enqueue(job)
+            if closing:  # close() came while it was being journaled: it ends cancelled, recorded so
+                self._finish(job, error=Cancelled(f"job {job.id} was cancelled: {SHUTTING_DOWN}"))
+                continue
+            self._announce(job, position)
+            if job.is_cancelled():  # cancelled while it was being journaled
+                with self._lock:
+                    taken = job in self._waiting
+                    if taken:
+                        self._waiting.remove(job)
+                if taken:
+                    self._finish(job, error=Cancelled(job._cancel_reason + " before it started"))
+
+    def _enqueue(self, job: Job) -> int:
+        """Put ``job`` at the back of the queue (the lock held); return its position."""
+        job._enqueued = True
+        position = len(self._waiting) + (1 if self._running is not None else 0)
+        self._waiting.append(job)
+        self._wake.notify_all()
+        return position
+
+    def _announce(self, job: Job, position: int) -> None:
+        self._emit("queued", job, position)
+        job._announced.set()
 
     # -- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
@@ -339,6 +325,7 @@ class JobQueue:
                 self._running = job
                 job.state = "running"
                 job.started = time.monotonic()
+            job._announced.wait(ANNOUNCE_WAIT)  # its "queued" goes out first
             self._record("start", job.id)
             try:
                 self._run(job)
@@ -384,10 +371,16 @@ class JobQueue:
         for job in self._waiting:
             if job.id == job_id:
                 return job
+        for job, _reply in self._intake:
+            if job.id == job_id:
+                return job
         return None
 
     def _finish(self, job: Job, result: JobResult | None = None, error: BridgeError | None = None) -> None:
-        """Record the end of a job and report it: exactly once per job, whoever gets here first."""
+        """Record the end of a job and report it: exactly once per job, whoever gets here first.
+
+        Never called with the lock held: the journal's fsync and the reply happen outside it.
+        """
         with self._lock:
             if not job.active:
                 return
@@ -400,6 +393,8 @@ class JobQueue:
                 job.state = "cancelled" if isinstance(error, Cancelled) else "failed"
             self._finished.append(job)
             self._wake.notify_all()
+        if job._enqueued:
+            job._announced.wait(ANNOUNCE_WAIT)  # another thread may still be sending its "queued"
         # on disk before the requester hears it: a crash in between never runs the job twice
         if error is None and result is not None:
             self._record("end", job.id, "done", paths=[str(p) for p in result.paths], seconds=result.seconds)
@@ -424,6 +419,24 @@ class JobQueue:
         except Exception:
             # A listener that breaks (a closed socket, a bug) must not take the worker down with it.
             log.exception("the job listener failed on %s for job %s", event, job.id)
+
+
+def _not_run_again(job: Job, entry: JournalEntry, fresh: bool) -> BridgeError | None:
+    """Why a job the journal held unfinished ends instead of running again, or None when it runs."""
+    if fresh:
+        return Cancelled(f"job {job.id} was not run again: the bridge was restarted clean (--fresh), so it did not "
+                         "run it: send it again")
+    if entry.request is None:
+        return Internal(f"job {job.id} was not run again: {entry.error}; send it again")
+    if job.kind is JobKind.JAM or entry.request.mode == "jam":
+        return Cancelled(f"job {job.id} was not run again: the bridge restarted, and a jam is not resumed: "
+                         "start it again")
+    if entry.poisonous:
+        return Internal(f"job {job.id} was running each of the last {entry.attempts} times the bridge stopped "
+                        "without finishing it (a crash, or the system killing it for memory), so it is not run "
+                        "again: it may be what brings the bridge down. Send it again with a shorter length, fewer "
+                        "variations or a lower sample_rate, and report it with the daemon's log")
+    return None
 
 
 def _kind(value: str) -> JobKind:

@@ -6,7 +6,7 @@ folder, ``journal.jsonl`` by default::
     {"format": "musicgen-bridge-journal", "version": 1, "created": 1764580000.0}
     {"type": "accepted", "id": "j1", "kind": "generate", "request": {...}, "seed": 1234,
      "reply": {"host": "127.0.0.1", "port": 9001, "transport": "udp"}, "submitted": 1764580001.5}
-    {"type": "started", "id": "j1", "at": 1764580001.6}
+    {"type": "started", "id": "j1", "at": 1764580001.6, "attempt": 1}
     {"type": "ended", "id": "j1", "state": "done", "at": 1764580003.0, "paths": ["/out/a.wav"], "seconds": 4.0}
     {"type": "ended", "id": "j2", "state": "failed", "at": 1764580004.0, "code": "model_error", "message": "..."}
 
@@ -19,14 +19,17 @@ folder, ``journal.jsonl`` by default::
   one when the request left it to chance, so a re-run gives the asked result), where its replies
   go (plain JSON, opaque to the journal) and the wall time it was submitted. It is written and
   fsynced before :meth:`Journal.accept` returns, so before ``/musicgen/queued`` goes out.
-- ``started`` when the worker takes the job; ``ended`` with ``state`` ``done`` (``paths``,
+- ``started`` when the worker takes the job, with ``attempt``: 1, then 2 when a crash made it run
+  again (a job running at :data:`MAX_ATTEMPTS` crashes is failed, not run again); ``ended`` with ``state`` ``done`` (``paths``,
   ``seconds``), ``failed`` or ``cancelled`` (``code``, ``message``). Both fsynced too.
 - An id can come back once its job has ended (clients reuse ids): ``started`` and ``ended`` apply
   to the one unfinished job of that id.
 
 Opening (:meth:`Journal.open`) replays the file: a torn last line (a crash mid-write) is dropped
 and the file truncated back to its last whole line; a line in the middle that is not a record is
-skipped and counted in one log line. It returns the unfinished jobs in submit order (``queued``, or
+skipped and counted in one log line, and when it still names a job and its requester, that job is
+returned unfinished and unrunnable (the requester is told ``fail internal``, as are those a journal
+moved aside still names: :mod:`bridge.app.journal_records`). It returns the unfinished jobs in submit order (``queued``, or
 ``running`` for the one that was running) and the most recent ended ones. When the file grows past
 a bound it is compacted: rewritten to a temporary file (fsynced), renamed over the journal and the
 folder fsynced, keeping only the unfinished jobs and the last ``keep_ended`` ended ones; a crash
@@ -39,34 +42,50 @@ daemons never write one journal.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import json
 import logging
 import os
-import secrets
 import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.app.journal_records import (
+    DAMAGED,
+    ENDED_STATES,
+    FORMAT,
+    MAX_ATTEMPTS,
+    VERSION,
+    JobRecords,
+    JournalEntry,
+    Recovery,
+    damaged_entry,
+    is_torn_header,
+    line,
+    readable_requester,
+    request_from_record,
+    request_to_record,
+    resolve_seed,
+    salvage,
+    well_formed,
+)
 from bridge.app.storage import storage_error
-from bridge.errors import BadArgs, BridgeError, Internal, StorageError
-from bridge.options import Request, convert_option, names
+from bridge.errors import BadArgs, Internal, StorageError
+from bridge.options import Request
+
+__all__ = ["FORMAT", "MAX_ATTEMPTS", "VERSION", "Journal", "JournalEntry", "Recovery", "default_state_folder",
+           "request_from_record", "request_to_record", "resolve_seed"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "musicgen-bridge-journal"
-VERSION = 1
 JOURNAL_NAME = "journal.jsonl"
 DEFAULT_KEEP_ENDED = 64
 DEFAULT_MAX_BYTES = 1 << 20
-ENDED_STATES = ("done", "failed", "cancelled")
 
 _COMPACT_MARK = ".compact-"
 
@@ -74,135 +93,6 @@ _COMPACT_MARK = ".compact-"
 def default_state_folder(output_dir: Path) -> Path:
     """Where the journal lives when not told: beside the output folder, named after it (``out`` -> ``out.state``)."""
     return output_dir.with_name(output_dir.name + ".state")
-
-
-def resolve_seed(request: Request) -> Request:
-    """``request`` with a seed: its own, or a fresh random one (31 bits, as the engine picks)."""
-    if request.seed is not None:
-        return request
-    return dataclasses.replace(request, seed=secrets.randbits(31))
-
-
-def request_to_record(request: Request) -> dict[str, Any]:
-    """A request as plain JSON data (``dataclasses.asdict``)."""
-    data = dataclasses.asdict(request)
-    data["extra"] = dict(data.get("extra") or {})
-    return data
-
-
-def request_from_record(data: Any) -> Request:
-    """Rebuild and re-validate a request written by :func:`request_to_record`; BadArgs says what is wrong."""
-    if not isinstance(data, Mapping):
-        raise BadArgs(f"the journal's request is not a mapping but {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(Request)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise BadArgs(f"the journal's request has fields this bridge does not know: {', '.join(unknown)} "
-                      "(written by another version?)")
-    mode = data.get("mode", "text")
-    prompt = data.get("prompt", "")
-    clip = data.get("clip")
-    seconds = data.get("seconds")
-    extra = data.get("extra") or {}
-    if not isinstance(mode, str) or not isinstance(prompt, str) or not (clip is None or isinstance(clip, str)):
-        raise BadArgs("the journal's request has a mode, prompt or clip that is not text")
-    if not (seconds is None or (isinstance(seconds, (int, float)) and not isinstance(seconds, bool))):
-        raise BadArgs(f"the journal's request has seconds {seconds!r}, not a number")
-    if not isinstance(extra, Mapping):
-        raise BadArgs("the journal's request has extra that is not a mapping")
-    options: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in names("job"):
-            continue
-        if value is None:
-            if fields[key].default is not None:
-                raise BadArgs(f"the journal's request has no value for {key!r}")
-            continue
-        options[key] = convert_option(key, value)
-    base = Request(mode=mode, prompt=prompt, seconds=None if seconds is None else float(seconds),  # type: ignore[arg-type]
-                   clip=clip, extra=dict(extra))
-    return base.with_options(options).validate()
-
-
-@dataclass(frozen=True)
-class JournalEntry:
-    """One job as the journal knows it."""
-
-    id: str
-    kind: str
-    request: Request | None
-    """What to run (its seed set); None when the record no longer validates (``error`` says why)."""
-    seed: int | None
-    reply: Any
-    submitted: float
-    state: str  # queued | running | done | failed | cancelled
-    started_at: float | None = None
-    ended_at: float | None = None
-    paths: tuple[str, ...] = ()
-    seconds: float | None = None
-    code: str | None = None
-    message: str | None = None
-    error: str | None = None
-
-    @property
-    def unfinished(self) -> bool:
-        return self.state in ("queued", "running")
-
-    @property
-    def resumable(self) -> bool:
-        """True for a job that can run again from its record: readable, and not a jam (a jam is live)."""
-        return self.request is not None and self.request.mode != "jam"
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What :meth:`Journal.open` found."""
-
-    unfinished: list[JournalEntry]
-    """Jobs accepted and not ended, in submit order (``state`` is queued or running)."""
-    ended: list[JournalEntry]
-    """The most recent ended jobs, oldest first (for ``/musicgen/job`` answers across a restart)."""
-    moved_aside: Path | None = None
-    """Where an unreadable journal went (a fresh one was started), or None."""
-    torn_bytes: int = 0
-    """Bytes of a torn last line that were dropped."""
-    skipped_lines: int = 0
-    """Lines in the middle that were not records, skipped."""
-
-
-@dataclass
-class _Job:
-    accepted: dict[str, Any]
-    started: dict[str, Any] | None = None
-    ended: dict[str, Any] | None = None
-    _view: JournalEntry | None = None
-
-    @property
-    def id(self) -> str:
-        return str(self.accepted["id"])
-
-    def records(self) -> list[dict[str, Any]]:
-        return [r for r in (self.accepted, self.started, self.ended) if r is not None]
-
-    def view(self) -> JournalEntry:
-        if self._view is None:
-            acc = self.accepted
-            request: Request | None = None
-            error: str | None = None
-            try:
-                request = request_from_record(acc.get("request"))
-            except BridgeError as exc:
-                error = exc.message
-            end = self.ended or {}
-            state = str(end.get("state")) if self.ended else ("running" if self.started else "queued")
-            self._view = JournalEntry(
-                id=self.id, kind=str(acc.get("kind", "")), request=request, seed=acc.get("seed"),
-                reply=acc.get("reply"), submitted=float(acc.get("submitted", 0.0)), state=state,
-                started_at=None if self.started is None else float(self.started.get("at", 0.0)),
-                ended_at=None if self.ended is None else float(end.get("at", 0.0)),
-                paths=tuple(str(p) for p in end.get("paths", ())), seconds=end.get("seconds"),
-                code=end.get("code"), message=end.get("message"), error=error)
-        return self._view
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -228,46 +118,6 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _is_torn_header(data: bytes) -> bool:
-    """True when ``data`` (no newline in it) is the start of a header line: a crash as the journal was made."""
-    expected = b'{"format":"' + FORMAT.encode() + b'"'
-    return data[: len(expected)] == expected[: len(data)]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_text_or_none(value: Any) -> bool:
-    return value is None or isinstance(value, str)
-
-
-def _well_formed(record: Any) -> bool:
-    """True for a record of a known type whose fields have the types the format says (the request aside)."""
-    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-        return False
-    kind = record.get("type")
-    if kind == "accepted":
-        seed = record.get("seed")
-        return (isinstance(record.get("kind"), str) and isinstance(record.get("request"), dict)
-                and _is_number(record.get("submitted"))
-                and (seed is None or (isinstance(seed, int) and not isinstance(seed, bool))))
-    if kind == "started":
-        return _is_number(record.get("at"))
-    if kind == "ended":
-        paths = record.get("paths", [])
-        seconds = record.get("seconds")
-        return (record.get("state") in ENDED_STATES and _is_number(record.get("at"))
-                and isinstance(paths, list) and all(isinstance(path, str) for path in paths)
-                and (seconds is None or _is_number(seconds))
-                and _is_text_or_none(record.get("code")) and _is_text_or_none(record.get("message")))
-    return False
-
-
-def _line(record: Mapping[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
-
-
 class Journal:
     """The append-only job journal in ``folder`` (see the module docstring for the format).
 
@@ -290,8 +140,8 @@ class Journal:
         self._size = 0
         self._compact_at = max_bytes
         self._created = 0.0
-        self._active: OrderedDict[str, _Job] = OrderedDict()
-        self._ended: deque[_Job] = deque(maxlen=keep_ended) if keep_ended else deque(maxlen=0)
+        self._active: OrderedDict[str, JobRecords] = OrderedDict()
+        self._ended: deque[JobRecords] = deque(maxlen=keep_ended) if keep_ended else deque(maxlen=0)
 
     # -- life -------------------------------------------------------------------------------
     def open(self) -> Recovery:
@@ -348,7 +198,7 @@ class Journal:
                   "seed": request.seed, "reply": reply,
                   "submitted": self.clock() if submitted is None else float(submitted)}
         try:
-            data = _line(record)
+            data = line(record)
         except (TypeError, ValueError) as exc:
             raise Internal(f"job {job_id} cannot be journaled ({exc}): its reply address or request is not "
                            "plain data; please report this") from exc
@@ -356,7 +206,7 @@ class Journal:
             if job_id in self._active:
                 raise BadArgs(f"job id {job_id!r} is already queued or running: use a new id for each job")
             self._append(data)
-            job = _Job(accepted=json.loads(data))
+            job = JobRecords(accepted=json.loads(data))
             self._active[job_id] = job
             self._maybe_compact()
             return job.view()
@@ -368,10 +218,9 @@ class Journal:
             if job is None:
                 log.debug("journal: started for job %s, which it does not hold", job_id)
                 return False
-            record = {"type": "started", "id": job_id, "at": self.clock()}
-            self._append(_line(record))
-            job.started = record
-            job._view = None
+            record = {"type": "started", "id": job_id, "at": self.clock(), "attempt": job.attempts + 1}
+            self._append(line(record))
+            job.start(record)
             return True
 
     def end(self, job_id: str, state: str, *, paths: tuple[str, ...] | list[str] = (), seconds: float | None = None,
@@ -396,7 +245,7 @@ class Journal:
             if job is None:
                 log.debug("journal: ended for job %s, which it does not hold", job_id)
                 return False
-            self._append(_line(record))
+            self._append(line(record))
             job.ended = record
             job._view = None
             del self._active[job_id]
@@ -465,7 +314,7 @@ class Journal:
 
     def _start_fresh(self, fd: int) -> None:
         self._created = self.clock()
-        header = _line({"format": FORMAT, "version": VERSION, "created": self._created})
+        header = line({"format": FORMAT, "version": VERSION, "created": self._created})
         try:
             os.ftruncate(fd, 0)
             _write_all(fd, header)
@@ -486,14 +335,15 @@ class Journal:
             # Whose file is this? Asked before any repair, so a foreign file is moved aside untouched.
             newline = data.find(b"\n")
             if newline < 0:
-                problem = None if _is_torn_header(data) else "not a musicgen-bridge journal (no line in it is whole)"
+                problem = None if is_torn_header(data) else "not a musicgen-bridge journal (no line in it is whole)"
             else:
                 problem = self._check_header(data[:newline])
             if problem is not None:
                 aside = self._move_aside()
+                told = salvage(data.split(b"\n"), f"{DAMAGED} ({problem}; moved to {aside})")
                 log.warning("the job journal %s is %s: moved it to %s and started a fresh one; the jobs in it are "
-                            "not run again", self.path, problem, aside)
-                return Recovery(unfinished=[], ended=[], moved_aside=aside)
+                            "not run again (%d requester(s) told so)", self.path, problem, aside, len(told))
+                return Recovery(unfinished=told, ended=[], moved_aside=aside)
         end = data.rfind(b"\n") + 1
         torn = len(data) - end
         if torn:
@@ -510,13 +360,15 @@ class Journal:
             return Recovery(unfinished=[], ended=[], torn_bytes=torn)
         lines = data.split(b"\n")[:-1]
         skipped = 0
+        damaged: dict[str, JournalEntry] = {}
         for raw in lines[1:]:
-            if not self._apply(raw):
+            if not self._apply(raw, damaged):
                 skipped += 1
         if skipped:
-            log.warning("the job journal %s had %d lines that are not records: skipped them", self.path, skipped)
+            note = f" ({len(damaged)} requester(s) of damaged jobs told so)" if damaged else ""
+            log.warning("the job journal %s had %d lines that are not records: skipped them%s", self.path, skipped, note)
         self._size = len(data)
-        return Recovery(unfinished=[job.view() for job in self._active.values()],
+        return Recovery(unfinished=[job.view() for job in self._active.values()] + list(damaged.values()),
                         ended=[job.view() for job in self._ended], torn_bytes=torn, skipped_lines=skipped)
 
     @staticmethod
@@ -543,24 +395,30 @@ class Journal:
         self._created = float(header.get("created", 0.0)) if isinstance(header.get("created"), (int, float)) else 0.0
         return None
 
-    def _apply(self, raw: bytes) -> bool:
+    def _apply(self, raw: bytes, damaged: dict[str, JournalEntry]) -> bool:
+        """Replay one line; False when it is not a record (a damaged ``accepted`` one that still names its
+        requester goes into ``damaged``, and leaves it when a later ``ended`` line names its id)."""
         try:
             record = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return False
-        if not _well_formed(record):
+        if not well_formed(record):
+            if readable_requester(record) and record["id"] not in self._active:
+                damaged[record["id"]] = damaged_entry(record, f"{DAMAGED} (its accepted line is not well formed)")
             return False
+        if record["type"] == "ended":
+            damaged.pop(record["id"], None)
         kind, job_id = record["type"], record["id"]
         if kind == "accepted":
             if job_id in self._active:
                 return False
-            self._active[job_id] = _Job(accepted=record)
+            self._active[job_id] = JobRecords(accepted=record)
             return True
         job = self._active.get(job_id)
         if job is None:
             return False
         if kind == "started":
-            job.started = record
+            job.start(record)
         else:
             del self._active[job_id]
             job.ended = record
@@ -609,8 +467,8 @@ class Journal:
         if old is None:
             raise Internal("the journal is not open: call open() first")
         jobs = list(self._ended) + list(self._active.values())
-        body = [_line({"format": FORMAT, "version": VERSION, "created": self._created, "compacted": self.clock()})]
-        body += [_line(r) for job in jobs for r in job.records()]
+        body = [line({"format": FORMAT, "version": VERSION, "created": self._created, "compacted": self.clock()})]
+        body += [line(r) for job in jobs for r in job.records()]
         data = b"".join(body)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}{_COMPACT_MARK}", dir=self.folder)

@@ -97,8 +97,8 @@ class OutputDevice:
             if self._player is not None:
                 return self._player
         if not self._list_outputs():  # a subprocess: outside the lock
-            raise NoAudioDevice("no audio output here (no sound card, no JACK or PulseAudio server): "
-                                "the bridge still writes files; start an audio server to play")
+            raise NoAudioDevice("no audio output here (no sound card, no JACK or PulseAudio server): start an audio "
+                                "server to play")
         with self._lock:
             if self._player is None:
                 self._player = self._make_player(self.device, self.buffer_seconds)
@@ -109,13 +109,17 @@ class OutputDevice:
         self.player()
 
     def play_now(self, path: str | Path) -> Path:
-        """Play an audio file (a result); returns once it has started. Busy while a jam holds the device."""
-        clip = audio.read_clip(path)
+        """Play an audio file (a result); returns once it has started. Busy while a jam holds the device.
+
+        The file's header is checked first, then the device and the jam; only then is the file read.
+        """
+        audio.probe_clip(path)
         player = self.player()
         with self._lock:
             if self._jam_stop is not None:
                 raise Busy("a jam is playing on the output device: stop it (/musicgen/jam/stop or /musicgen/stop) "
                            "before playing a file")
+        clip = audio.read_clip(path)
         player.play_array(clip.data, clip.sample_rate)
         return clip.path
 

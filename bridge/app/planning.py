@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Protocol
 
-from bridge import audio, tempo
+from bridge import tempo
 from bridge.errors import BadArgs, BadAudio
-from bridge.options import Request
+from bridge.options import OPTIONS, Request
 
 DEFAULT_PROMPT_SECONDS = 8.0
 MIN_PROMPT_SECONDS = 0.1
@@ -38,6 +39,19 @@ class EngineFacts(Protocol):
     def frames_for_samples(self, samples: int) -> int: ...
 
 
+class ClipFacts(Protocol):
+    """What planning reads of a clip: its path, rate and whole length (a ClipInfo from its header, or a Clip)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def seconds(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Plan:
     """The sample-exact layout of one job."""
@@ -48,12 +62,30 @@ class Plan:
     frames: int
     prompt_frames: int
     seam: int  # where the new audio starts in the decoded audio, at ``out_rate``
+    rate_note: str = ""  # why the output is not at the clip's rate, for the user; "" when nothing to say
 
 
-def plan(request: Request, clip: audio.Clip | None, eng: EngineFacts) -> Plan:
+def output_rate(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> tuple[int, str]:
+    """The output rate and a note for the user when a continuation cannot keep its clip's rate.
+
+    ``sample_rate`` when given; else a continuation keeps its clip's rate while that is one the
+    ``sample_rate`` option accepts, and is written at the model's rate otherwise (saying so).
+    """
+    if request.sample_rate:
+        return request.sample_rate, ""
+    if clip is None or request.mode != "continue":
+        return eng.sample_rate, ""
+    spec = OPTIONS["sample_rate"]
+    if spec.in_range(clip.sample_rate):
+        return clip.sample_rate, ""
+    return eng.sample_rate, (f"clip {clip.path} runs at {clip.sample_rate} Hz, and results are written at "
+                             f"{spec.limits()}: the continuation is written at {eng.sample_rate} Hz (give "
+                             "sample_rate to choose another)")
+
+
+def plan(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> Plan:
     """Exact output length, rate and the frames to generate for ``request``."""
-    rate_default = clip.sample_rate if (clip is not None and request.mode == "continue") else eng.sample_rate
-    out_rate = request.sample_rate or rate_default
+    out_rate, rate_note = output_rate(request, clip, eng)
     text = request.prompt
     if request.bars is not None and request.bpm is not None:
         out_samples = tempo.bars_to_samples(request.bars, request.bpm, out_rate, request.beats_per_bar)
@@ -69,10 +101,10 @@ def plan(request: Request, clip: audio.Clip | None, eng: EngineFacts) -> Plan:
     frames = prompt_frames + eng.frames_for_samples(model_samples)
     seam = round(Fraction(prompt_frames * eng.hop * out_rate, eng.sample_rate))
     return Plan(out_rate=out_rate, out_samples=out_samples, text=text, frames=frames,
-                prompt_frames=prompt_frames, seam=seam)
+                prompt_frames=prompt_frames, seam=seam, rate_note=rate_note)
 
 
-def prompt_frames_for(request: Request, clip: audio.Clip, eng: EngineFacts) -> int:
+def prompt_frames_for(request: Request, clip: ClipFacts, eng: EngineFacts) -> int:
     """How many frames of the clip's end a continuation uses as its prompt (whole bars with a tempo)."""
     if request.prompt_seconds is not None:
         want = request.prompt_seconds

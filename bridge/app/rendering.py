@@ -24,7 +24,7 @@ from bridge.app.storage import storage_error
 from bridge.engine import Engine, GenerationSpec
 from bridge.engine.decoding import Sampling
 from bridge.engine.streaming import StreamingDecoder
-from bridge.errors import BridgeError, Internal, ModelError
+from bridge.errors import BridgeError, Cancelled, Internal, ModelError
 from bridge.options import Request
 
 SEAM_CROSSFADE_SECONDS = 0.05
@@ -66,6 +66,8 @@ class Renderer:
                                        on_frames=None if writer is None else writer.on_frames)
             if writer is not None:
                 return [writer.finish(codes)]
+            if is_cancelled():
+                raise Cancelled("the job was cancelled before its audio was decoded")
             decoded = eng.decode(codes)
         except BridgeError:
             raise
@@ -74,7 +76,12 @@ class Renderer:
                 raise  # a bug, not the user's length: the queue reports it as internal, with the log
             raise ModelError(f"the model ran out of memory while generating ({exc}): try a shorter length or "
                              "fewer variations") from exc
-        return [self.finish(decoded[i], plan, request, clip) for i in range(request.variations)]
+        outputs = []
+        for i in range(request.variations):
+            if is_cancelled():  # between post-processing stages too, not only between decoding steps
+                raise Cancelled("the job was cancelled during post-processing")
+            outputs.append(self.finish(decoded[i], plan, request, clip))
+        return outputs
 
     def prompt_audio(self, clip: audio.Clip, frames: int) -> np.ndarray:
         """The clip's last ``frames`` frames' worth of audio at the model rate, channel-matched."""

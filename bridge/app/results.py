@@ -31,6 +31,7 @@ class JamTake:
     first_audio_seconds: float | None = None  # from the call to the first segment being ready
     preroll_seconds: float = 0.0  # audio queued when playback started
     stopped_by: str = ""  # "" (asked to stop or ran its length), "output stop", "cancel"
+    seed: int | None = None  # the seed the jam started from (drawn at random when not asked)
 
     def slowest_ratio(self) -> float:
         """The largest generation time over segment length seen (above 1: slower than real time)."""

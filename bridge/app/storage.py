@@ -124,6 +124,10 @@ def storage_error(exc: BaseException, path: Path | str, doing: str = "write") ->
     """
     reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
     code = exc.errno if isinstance(exc, OSError) else _diagnose(Path(path))
+    virtual = _virtual_filesystem(Path(path))
+    if virtual is not None:  # the OS's own words ("No such file or directory") would not be true here
+        return StorageError(f"cannot {doing} {path}: {virtual} is on a filesystem that holds no files (a system "
+                            "folder like /proc or /sys): give --output-dir a folder on a disk")
     if code in (errno.ENOSPC, errno.EDQUOT):
         advice = "the disk is full: free some space or give --output-dir a folder on another disk"
     elif code == errno.ENOENT:
@@ -136,6 +140,18 @@ def storage_error(exc: BaseException, path: Path | str, doing: str = "write") ->
     else:
         advice = "check the disk and the folder, or give --output-dir another folder"
     return StorageError(f"cannot {doing} {path}: {reason}; {advice}")
+
+
+def _virtual_filesystem(path: Path) -> Path | None:
+    """The nearest existing folder at or above ``path`` when it is on a filesystem without blocks (procfs,
+    sysfs: files there are the kernel's, never the user's), else None."""
+    for folder in (path, *path.parents):
+        try:
+            if folder.is_dir():
+                return folder if os.statvfs(folder).f_blocks == 0 else None
+        except OSError:
+            return None
+    return None
 
 
 def _diagnose(path: Path) -> int | None:

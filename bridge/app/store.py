@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 from bridge import __version__, audio
 from bridge.app.planning import Plan
 from bridge.app.storage import storage_error
-from bridge.errors import BadArgs
+from bridge.errors import BadArgs, Cancelled
 from bridge.options import Request
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,119}$")
@@ -66,8 +67,12 @@ class ResultStore:
 
     def write(self, job_id: str, request: Request, plan: Plan, seed: int, clip: audio.Clip | None,
               outputs: list[np.ndarray], elapsed: float, stem: str,
-              model: dict[str, Any]) -> tuple[list[Path], list[Path]]:
-        """Write each variation and its sidecar; returns (paths, sidecars)."""
+              model: dict[str, Any], is_cancelled: Callable[[], bool] | None = None) -> tuple[list[Path], list[Path]]:
+        """Write each variation and its sidecar; returns (paths, sidecars).
+
+        ``is_cancelled`` is asked before each variation: a job cancelled while writing removes the
+        files it wrote and raises Cancelled, so a cancelled job leaves no result behind.
+        """
         try:
             self.folder.mkdir(parents=True, exist_ok=True)  # again: a folder may vanish while a job runs
         except OSError as exc:
@@ -75,6 +80,10 @@ class ResultStore:
         paths: list[Path] = []
         sidecars: list[Path] = []
         for i, data in enumerate(outputs):
+            if is_cancelled is not None and is_cancelled():
+                for written in paths + sidecars:
+                    written.unlink(missing_ok=True)
+                raise Cancelled("the job was cancelled while its files were written")
             path = self._unique(stem if len(outputs) == 1 else f"{stem}-v{i + 1}", request.format)
             sidecar = path.with_name(path.name + ".json")
             try:
@@ -110,7 +119,7 @@ def sidecar_for(job_id: str, request: Request, plan: Plan, seed: int, clip: audi
         "seconds": plan.out_samples / plan.out_rate,
         "prompt_frames": plan.prompt_frames,
         "source_clip": None if clip is None else {"path": str(clip.path), "sha256": clip.sha256,
-                                                  "sample_rate": clip.sample_rate, "samples": clip.samples},
+                                                  "sample_rate": clip.sample_rate, "samples": clip.frames},
         "generation_seconds": round(elapsed, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -17,31 +17,61 @@ import numpy as np
 from bridge.errors import BadArgs, BadAudio, NotFound
 
 MAX_CLIP_SECONDS = 600.0
+MAX_CLIP_RATE = 384_000  # the highest rate a DAW records at; a header above it is not audio to trust
+MAX_CLIP_CHANNELS = 8
 FADE_SECONDS = 0.005
 PEAK_CEILING = 10 ** (-1.0 / 20)  # -1 dBFS
 LUFS_TARGET = -14.0
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What a clip's header says, checked before a sample is read (see :func:`probe_clip`)."""
+
+    path: Path
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
 
 
 @dataclass(frozen=True)
 class Clip:
-    """A user's audio file, read: ``data`` is (channels, samples) float32."""
+    """A user's audio file, read: ``data`` is (channels, samples) float32.
+
+    ``data`` may be only the file's end (:func:`read_clip` with ``tail_seconds``): ``samples`` is
+    what is held, ``frames`` and ``seconds`` the whole file's length.
+    """
 
     path: Path
     data: np.ndarray
     sample_rate: int
     sha256: str
+    file_frames: int | None = None
 
     @property
     def samples(self) -> int:
         return int(self.data.shape[1])
 
     @property
+    def frames(self) -> int:
+        return self.samples if self.file_frames is None else self.file_frames
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
     def seconds(self) -> float:
-        return self.samples / self.sample_rate
+        return self.frames / self.sample_rate
 
 
-def read_clip(path: str | os.PathLike[str], max_seconds: float = MAX_CLIP_SECONDS) -> Clip:
-    """Read any file libsndfile can read; refuse what is not sane audio with the reason."""
+def probe_clip(path: str | os.PathLike[str], max_seconds: float = MAX_CLIP_SECONDS) -> ClipInfo:
+    """Read a clip's header only and refuse what is not sane audio, with the reason (nothing is decoded)."""
     import soundfile as sf  # noqa: PLC0415
 
     p = Path(os.path.expanduser(str(path)))
@@ -55,19 +85,53 @@ def read_clip(path: str | os.PathLike[str], max_seconds: float = MAX_CLIP_SECOND
         raise BadAudio(f"clip {p} is not readable audio ({exc}): export it as WAV or FLAC") from None
     if info.frames <= 0:
         raise BadAudio(f"clip {p} is empty: it has no samples")
+    if not 1 <= info.samplerate <= MAX_CLIP_RATE:
+        raise BadAudio(f"clip {p} says it runs at {info.samplerate} Hz, outside 1 to {MAX_CLIP_RATE} Hz: its header "
+                       "is damaged or it is not a recording; export it again as WAV or FLAC at 44100 or 48000 Hz")
+    if not 1 <= info.channels <= MAX_CLIP_CHANNELS:
+        raise BadAudio(f"clip {p} has {info.channels} channels; the bridge reads up to {MAX_CLIP_CHANNELS}: mix it "
+                       "down to stereo or mono")
     if info.frames / info.samplerate > max_seconds:
         raise BadAudio(
             f"clip {p} is {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit: "
             "trim it to the part you want continued"
         )
+    return ClipInfo(path=p, sample_rate=int(info.samplerate), frames=int(info.frames), channels=int(info.channels))
+
+
+def read_clip(path: str | os.PathLike[str], max_seconds: float = MAX_CLIP_SECONDS,
+              tail_seconds: float | None = None) -> Clip:
+    """Read any file libsndfile can read; refuse what is not sane audio with the reason.
+
+    With ``tail_seconds``, only the file's last ``tail_seconds`` are decoded (a continuation's
+    prompt), so a long or fast clip costs what the prompt needs, not the whole file.
+    """
+    import soundfile as sf  # noqa: PLC0415
+
+    info = probe_clip(path, max_seconds)
+    p = info.path
+    start = 0
+    if tail_seconds is not None:
+        start = max(0, info.frames - math.ceil(tail_seconds * info.sample_rate))
     try:
-        data, rate = sf.read(str(p), dtype="float32", always_2d=True)
+        data, rate = sf.read(str(p), dtype="float32", always_2d=True, start=start)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise BadAudio(f"clip {p} could not be decoded ({exc}): export it as WAV or FLAC") from None
+    if data.shape[0] == 0:
+        raise BadAudio(f"clip {p} holds no samples where its header says it has {info.frames}: re-export it")
     if not np.isfinite(data).all():
         raise BadAudio(f"clip {p} holds NaN or infinite samples: re-export it")
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    return Clip(path=p.resolve(), data=np.ascontiguousarray(data.T), sample_rate=int(rate), sha256=digest)
+    return Clip(path=p.resolve(), data=np.ascontiguousarray(data.T), sample_rate=int(rate), sha256=file_sha256(p),
+                file_frames=start + int(data.shape[0]))
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in blocks (a clip's hash never holds the whole file in memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resample(data: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:

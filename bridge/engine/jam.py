@@ -16,6 +16,7 @@ checkpoints also on a prompt change: their text is part of the sequence). No thr
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ class JamSettings:
     guidance: float = jam_default("guidance")
     top_k: int = jam_default("top_k")
     top_p: float = jam_default("top_p")
-    seed: int = jam_default("seed")
+    seed: int | None = jam_default("seed")  # None: the jam draws one at random (the table's default)
     context_seconds: float = jam_default("context_seconds")
 
     def check(self) -> JamSettings:
@@ -83,6 +84,8 @@ class Jam:
 
     def __init__(self, engine: Engine, settings: JamSettings) -> None:
         self.engine = engine
+        if settings.seed is None:
+            settings = dataclasses.replace(settings, seed=secrets.randbits(31))
         self._settings = settings.check()
         self._pending: JamSettings | None = None
         self._lock = threading.Lock()
@@ -94,7 +97,7 @@ class Jam:
         self._stream: TokenStream | None = None
         self._stream_start = 0  # the frame of the timeline where the stream's window starts
         self._text: str | None = None  # the text the stream attends to
-        self._seed = self._settings.seed
+        self._seed = int(self._settings.seed or 0)
         self._generator = torch.Generator(device=engine.loaded.device).manual_seed(self._seed)
         self.reprompts = 0  # fresh windows started from the timeline's tail (the window filled)
         self.positions_run = 0  # positions the decoder has read, prompts of fresh windows included
@@ -139,7 +142,7 @@ class Jam:
         end = self._boundary(self._grid_bars + s.bars, s)
         need_frames = -(-end // hop) + DEFAULT_LOOKAHEAD
         if need_frames > self.codes.shape[-1]:
-            if s.seed != self._seed:
+            if s.seed is not None and s.seed != self._seed:
                 self._seed = s.seed
                 self._generator.manual_seed(s.seed)
             text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""

@@ -10,6 +10,7 @@ from typing import Any
 
 from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP
+from bridge.errors import BadArgs
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
 
@@ -30,7 +31,8 @@ def add_parsers(sub: Any) -> None:
                      "of audio (default: until Ctrl-C)")
     jam.add_argument("--audio-device", default=None, help="an index or part of a name (see `devices`)")
     jam.add_argument("--no-play", action="store_true", help="write the segments without playing them")
-    jam.add_argument("--record", type=Path, default=None, help="write exactly what was played to this file")
+    jam.add_argument("--record", type=Path, default=None, help="write exactly what was played to this file (with "
+                     "--no-play: the take, as generated)")
     jam.add_argument("--model", default=None, help="as for generate (default facebook/musicgen-small)")
     jam.add_argument("--device", default=None, help="auto, cpu, cuda, mps")
     jam.add_argument("--precision", default=None, help=PRECISION_HELP)
@@ -73,6 +75,9 @@ def _jam(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     options = {**options_from_args(args, names("jam")), "play": not args.no_play}
+    if args.record is not None and not args.record.expanduser().parent.is_dir():
+        raise BadArgs(f"--record {args.record}: the folder {args.record.expanduser().parent} does not exist: create "
+                      "it or record somewhere else")
     # room for the longest pre-roll a slow machine may need, started by the jam
     output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
@@ -91,17 +96,26 @@ def _jam(args: argparse.Namespace) -> int:
         app.close()
     take = result.take
     if take is not None and take.generation_seconds:
-        gens = sorted(take.generation_seconds)
-        sys.stderr.write(f"{len(gens)} segment(s) of {take.segment_seconds[0]:.2f} s, generated in "
-                         f"{gens[len(gens) // 2]:.2f} s (median) / {gens[-1]:.2f} s (slowest): "
-                         f"{take.realtime_factor:.2f}x real time; first audio after "
-                         f"{take.first_audio_seconds or 0.0:.2f} s"
-                         + (f", playback began with {take.preroll_seconds:.2f} s queued" if request.play else "")
-                         + "\n")
+        sys.stderr.write(jam_summary(take, played=request.play) + "\n")
+    if take is not None and take.record_path is not None:
+        sys.stderr.write(f"recorded: {take.record_path}\n")
     sys.stderr.write(f"underruns: {take.underruns if take is not None else 0}\n")
     for path in [*(take.segments if take is not None else []), *result.paths]:
         print(path)
     return 0
+
+
+def jam_summary(take: Any, played: bool) -> str:
+    """One line on how the jam went; its real-time factor is its audio over its generation time, both shown."""
+    gens = sorted(take.generation_seconds)
+    audio_seconds = sum(take.segment_seconds)
+    generated = sum(gens)
+    factor = audio_seconds / generated if generated > 0 else 0.0
+    return (f"seed {take.seed}: {len(gens)} segment(s), {audio_seconds:.2f} s of audio generated in {generated:.2f} s "
+            f"(median {gens[len(gens) // 2]:.2f} s, slowest {gens[-1]:.2f} s a segment): "
+            f"{audio_seconds:.2f} / {generated:.2f} = {factor:.2f}x real time; first audio after "
+            f"{take.first_audio_seconds or 0.0:.2f} s"
+            + (f", playback began with {take.preroll_seconds:.2f} s queued" if played else ""))
 
 
 def _stop_jam(app: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TextIO
 from bridge import __version__
 from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP
-from bridge.errors import BridgeError, exit_code
+from bridge.errors import BadArgs, BridgeError, exit_code
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
 
@@ -30,25 +30,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, redrawn at most ~10 times a second."""
+    """A one-line progress bar on stderr, redrawn at most ~10 times a second.
+
+    Its clock starts at :meth:`start` (the job's start), so loading the model and building the native
+    kernel, which are reported on their own lines, never count in the job's time or its ETA; the ETA
+    is the rate seen since the first update, applied to what is left.
+    """
 
     def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self.started = time.monotonic()
+        self.started: float | None = None
+        self._first: tuple[float, float] | None = None  # (time, fraction) of the first update
         self._last = 0.0
         self._finished = False
+
+    def start(self) -> None:
+        """Start the clock now (the job begins)."""
+        self.started = time.monotonic()
+        self._first = None
 
     def __call__(self, fraction: float) -> None:
         now = time.monotonic()
         if self._finished or (fraction < 1.0 and now - self._last < 0.1):
             return
+        if self.started is None:
+            self.started = now
+        if self._first is None:
+            self._first = (now, fraction)
         self._finished = fraction >= 1.0
         self._last = now
         filled = int(self.width * max(0.0, min(1.0, fraction)))
         elapsed = now - self.started
-        eta = elapsed / fraction - elapsed if fraction > 0.01 else 0.0
+        first_at, first_fraction = self._first
+        done = fraction - first_fraction
+        eta = (now - first_at) / done * (1.0 - fraction) if done > 0.01 else 0.0
         bar = "#" * filled + "-" * (self.width - filled)
         end = "\n" if fraction >= 1.0 else ""
         self.stream.write(f"\r{self.label} [{bar}] {fraction * 100:5.1f}% {elapsed:5.1f}s eta {eta:5.1f}s{end}")
@@ -140,15 +157,18 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
             clip=getattr(args, "clip", None)).with_options(
         _options_from_args(args)).validate()
-    if getattr(args, "clip", None) and not Path(args.clip).expanduser().exists():
-        from bridge.errors import NotFound  # noqa: PLC0415
+    if getattr(args, "clip", None):
+        from bridge.audio import probe_clip  # noqa: PLC0415
 
-        raise NotFound(f"clip {args.clip} does not exist: check the path")
+        probe_clip(args.clip)  # a missing or broken clip is not_found / bad_audio before the model loads
     check_output_folder(config.resolved_output_dir())  # refuse now, not after minutes of generating
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
     app = App.build(config, listener=ProgressListener(None if args.quiet else ProgressBar(mode)))
     try:
+        if mode == "melody" and not app.bridge.engine.loaded.is_melody:
+            raise BadArgs(f"melody mode needs a melody checkpoint, and {config.model} is not one: run the command "
+                          "again with --model facebook/musicgen-melody (or tiny-random-melody to test)")
         request = app.bridge.make_request(mode, args.prompt, args.seconds, getattr(args, "clip", None),
                                           _options_from_args(args))
         result = run_job(app, request, kind)
@@ -184,6 +204,12 @@ class ProgressListener(NullListener):
 
     def __init__(self, bar: Callable[[float], None] | None) -> None:
         self.bar = bar
+
+    def queued(self, job: Any, position: int) -> None:
+        del job, position
+        start = getattr(self.bar, "start", None)
+        if start is not None:
+            start()  # the model is loaded: the job's own time starts here
 
     def progress(self, job: Any, fraction: float) -> None:
         del job

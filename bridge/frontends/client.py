@@ -33,7 +33,10 @@ from bridge.frontends.osc.transport import (
 )
 
 JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/preset")
-TIMEOUT_EXIT = 124  # as timeout(1)
+TIMEOUT_EXIT = 124  # as timeout(1): --timeout ran out before the answer
+UNREACHABLE_EXIT = 69  # sysexits' EX_UNAVAILABLE: no bridge answered at that address
+REACH_SECONDS = 3.0
+"""How long ``--wait`` waits for the bridge to answer at all (its ``/musicgen/notify``) before saying it is not there."""
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 _TYPED = re.compile(r"^([ifhsd]):(.*)$", re.DOTALL)
@@ -130,12 +133,17 @@ def send(address: str, args: Sequence[Any], host: str = "127.0.0.1", port: int =
         sock.bind(("" if host not in ("127.0.0.1", "localhost", "::1") else loopback, reply_port or 0))
         own_port = sock.getsockname()[1]
         deadline = time.monotonic() + timeout
+        reach = min(timeout, REACH_SECONDS)
+        # first see that a bridge is there at all: registering the reply port is answered at once
         sock.sendto(encode_message("/musicgen/notify", [own_port, *extra]), (host, port))
-        registered = _wait_for(sock, deadline, lambda m: (m.address == "/musicgen/notify" and list(m.args) == [own_port])
+        registered = _wait_for(sock, time.monotonic() + reach,
+                               lambda m: (m.address == "/musicgen/notify" and list(m.args) == [own_port])
                                or (m.address == "/musicgen/fail" and bool(m.args) and m.args[0] == "/musicgen/notify"))
         if registered is None:
-            return Outcome(TIMEOUT_EXIT, [], f"timeout: no answer from the bridge at {host}:{port} within "
-                                             f"{timeout:g} s: is it running (`musicgen-bridge serve`), and does it want a --token?")
+            code = UNREACHABLE_EXIT if reach < timeout else TIMEOUT_EXIT
+            said = "timeout: " if code == TIMEOUT_EXIT else ""
+            return Outcome(code, [], f"{said}no answer from a bridge at {host}:{port} within {reach:g} s: is it running "
+                                     "(`musicgen-bridge serve`) on that host and port, and does it want a --token?")
         if registered.address == "/musicgen/fail":
             return Outcome(_exit_code(str(registered.args[2])), [], f"{registered.args[2]}: {registered.args[3]}")
         try:
@@ -245,7 +253,9 @@ def add_send_arguments(p: Any) -> None:
     p.add_argument("--reply-port", type=int, default=None, help="with --wait, listen on this port (default: any free "
                    "one, registered with /musicgen/notify)")
     p.add_argument("--wait", action="store_true", help="wait for the answer: a job's done or fail, else the first reply")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
+    p.add_argument("--timeout", type=float, default=600.0, help=f"seconds to wait with --wait (default 600); exit "
+                   f"{TIMEOUT_EXIT} when they run out, {UNREACHABLE_EXIT} when no bridge answers within "
+                   f"{REACH_SECONDS:g} s")
     p.add_argument("--token", default=None, help="the shared token (default $MUSICGEN_BRIDGE_TOKEN)")
     p.add_argument("--tcp", action="store_true", help="send over TCP (replies come back on the connection)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr while waiting")
@@ -261,8 +271,9 @@ def run_send(args: Any, stdout: TextIO | None = None, stderr: TextIO | None = No
                        timeout=args.timeout, token=args.token or os.environ.get("MUSICGEN_BRIDGE_TOKEN"),
                        tcp=args.tcp, progress=None if args.quiet or not args.wait else err)
     except OSError as exc:
-        err.write(f"musicgen-bridge: cannot reach the bridge at {args.host}:{args.port}: {exc.strerror or exc}\n")
-        return 1
+        err.write(f"musicgen-bridge: cannot reach the bridge at {args.host}:{args.port}: {exc.strerror or exc}; is "
+                  "it running (`musicgen-bridge serve`)?\n")
+        return UNREACHABLE_EXIT
     for line in outcome.lines:
         out.write(line + "\n")
     out.flush()

@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,12 +149,15 @@ def build_int8_kernel(directory: Path | None = None, isa: str = "avx512") -> Pat
     try:
         print(f"musicgen-bridge: compiling the int8 kernel ({isa}) once into {directory} ...", file=sys.stderr,
               flush=True)
+        began = time.monotonic()
         result = subprocess.run(compile_command(compiler, Path(partial), isa), capture_output=True, text=True,
                                 timeout=600, check=False)
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip().splitlines()
             raise RuntimeError(f"{compiler} failed: {' / '.join(message[-3:]) or 'no message'}")
         os.replace(partial, library)
+        print(f"musicgen-bridge: compiled the int8 kernel in {time.monotonic() - began:.0f} s (once: later runs "
+              "load it)", file=sys.stderr, flush=True)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)

@@ -54,7 +54,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-dir", type=Path, action="append", default=None, metavar="DIR", dest="allow_dirs",
                    help="a folder OSC clients may read clips from (repeat for more; the output folder always counts). "
                    "Default: anywhere on 127.0.0.1, only the output folder off loopback")
-    p.add_argument("--config", type=Path, default=None, help="a YAML file of settings")
+    p.add_argument("--audio-device", default=None, help="the output device for play 1 and the jam: an index or part "
+                   "of a name (see `musicgen-bridge devices`; default: the system's)")
+    p.add_argument("--max-job-memory", type=int, default=None, metavar="MB",
+                   help="memory one job may hold at its peak, in MB; a request that needs more is refused before "
+                   "any work (default: half this machine's memory)")
+    p.add_argument("--config", type=Path, default=None, help="a YAML file of settings (see the README's "
+                   "configuration section)")
     p.add_argument("--midi", nargs="?", const="", default=None, metavar="PORT",
                    help="take a MIDI controller: a part of an input's name, or nothing for a virtual port "
                    "named musicgen-bridge (mido's backend: MIDO_BACKEND)")
@@ -69,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "port": args.port, "reply_port": args.reply_port, "output_dir": args.output_dir,
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
         "state_dir": getattr(args, "state_dir", None), "allow_dirs": getattr(args, "allow_dirs", None),
+        "audio_device": getattr(args, "audio_device", None), "max_job_memory": getattr(args, "max_job_memory", None),
     })
 
 

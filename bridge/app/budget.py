@@ -1,0 +1,160 @@
+"""A job's cost, worked out before it is accepted: the samples it writes and the memory it holds at its peak.
+
+Seconds alone do not bound a job: ``600 s x 192 kHz x 8 variations`` is a legal length and 23 GB
+of arrays. So every request is costed from its plan (after bars are converted, at the output rate)
+and the clip's header, and refused before any work when it is over either limit, with what to ask
+instead. The memory is counted stage by stage as the pipeline holds it (float32 = 4 bytes; scipy's
+resampler and the loudness filter work in float64 = 8):
+
+- read: the clip's samples the job decodes (only the prompt's tail for a plain continuation), as
+  float32, plus their resampling to the model's rate;
+- decode: every variation's audio at the model's rate, as the codec's tensor and its numpy copy;
+- kept: every finished variation at the output rate (the clip in front with ``include_prompt``);
+- post-process (one variation at a time): resampling to the output rate, the cut, fade, channel
+  and loudness copies, and the transposed copy the file writer makes.
+
+The token loop's own memory (the model's KV cache) is the model's and does not grow with the
+output rate or the variations' post-processing, so it is not counted here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.app.planning import EngineFacts, Plan
+from bridge.errors import BadArgs
+from bridge.options import MAX_SECONDS, MAX_VARIATIONS, Request
+
+F32 = 4
+F64 = 8
+MAX_JOB_SAMPLES = MAX_VARIATIONS * 2 * round(MAX_SECONDS) * 48_000
+"""Samples one job may write (all channels and variations): eight stereo variations of the longest job at 48 kHz."""
+MEMORY_SHARE = 0.5
+"""The default memory limit of a job: this share of the machine's physical memory."""
+MIN_MEMORY = 512 * 1024 * 1024
+FALLBACK_MEMORY = 4 * 1024**3
+"""The default when the machine's memory cannot be read."""
+TAIL_MARGIN_SECONDS = 0.05
+"""Read a little more than the prompt needs, so rounding at the clip's rate never cuts it short."""
+
+
+class ClipShape(Protocol):
+    """What costing reads of a clip: its header (a :class:`bridge.audio.ClipInfo`, or a read Clip)."""
+
+    @property
+    def sample_rate(self) -> int: ...
+
+    @property
+    def frames(self) -> int: ...
+
+    @property
+    def channels(self) -> int: ...
+
+
+class ModelFacts(EngineFacts, Protocol):
+    @property
+    def channels(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one job may cost: samples written, and bytes of memory held at its peak."""
+
+    max_samples: int = MAX_JOB_SAMPLES
+    max_bytes: int = FALLBACK_MEMORY
+
+    @classmethod
+    def for_machine(cls, max_memory_mb: int | None = None) -> Limits:
+        """The limits for this machine: ``max_memory_mb`` when given, else half its physical memory."""
+        if max_memory_mb is not None:
+            if max_memory_mb < 1:
+                raise BadArgs(f"the job memory limit must be 1 MB or more, got {max_memory_mb}")
+            return cls(max_bytes=max_memory_mb * 1024 * 1024)
+        total = physical_memory()
+        return cls(max_bytes=max(MIN_MEMORY, int(total * MEMORY_SHARE)) if total else FALLBACK_MEMORY)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a job costs: the samples it writes, the memory each stage holds, and its peak."""
+
+    samples: int
+    stages: dict[str, int]
+    peak_bytes: int
+    shape: str  # "600 s x 192000 Hz x 1 channel x 8 variations"
+
+
+def prompt_tail_seconds(request: Request, plan: Plan, eng: EngineFacts) -> float | None:
+    """Seconds of the clip's end a job needs decoded; None when it needs the whole clip."""
+    if request.mode != "continue" or request.include_prompt:
+        return None
+    return plan.prompt_frames * eng.hop / eng.sample_rate + TAIL_MARGIN_SECONDS
+
+
+def clip_frames_read(request: Request, plan: Plan, clip: ClipShape, eng: EngineFacts) -> int:
+    tail = prompt_tail_seconds(request, plan, eng)
+    if tail is None:
+        return int(clip.frames)
+    return min(int(clip.frames), math.ceil(tail * clip.sample_rate))
+
+
+def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFacts) -> Cost:
+    """The samples ``request`` writes and the memory it holds, stage by stage (see the module docstring)."""
+    variations = max(1, request.variations)
+    model_ch = eng.channels
+    model_samples = plan.frames * eng.hop
+    out_ch = model_ch
+    stages: dict[str, int] = {}
+    clip_out = 0
+    if clip is not None:
+        read = clip_frames_read(request, plan, clip, eng)
+        at_model = math.ceil(read * eng.sample_rate / clip.sample_rate)
+        stages["read"] = clip.channels * (read * F32 + read * F64 + at_model * F64)
+        if request.mode == "continue":
+            out_ch = max(model_ch, clip.channels)
+            if request.include_prompt:
+                clip_out = math.ceil(clip.frames * plan.out_rate / clip.sample_rate)
+    out_samples = plan.out_samples + clip_out
+    stages["decode"] = variations * model_ch * model_samples * F32 * 2
+    kept = variations * out_ch * out_samples * F32
+    stages["kept"] = kept * (2 if request.stream else 1)  # streaming keeps the chunks and joins them
+    resample = model_ch * (model_samples * F64 + math.ceil(model_samples * plan.out_rate / eng.sample_rate) * F64)
+    copies = out_ch * out_samples * (4 * F32 + (3 * F64 if request.normalize == "lufs" else 0))
+    if clip_out and clip is not None:
+        copies += clip.channels * (clip.frames * F64 + clip_out * F64)
+    stages["post-process"] = resample + copies
+    peak = stages.get("read", 0) + stages["decode"] + stages["kept"] + stages["post-process"]
+    samples = variations * out_ch * out_samples
+    seconds = out_samples / plan.out_rate
+    shape = (f"{seconds:.0f} s x {plan.out_rate} Hz x {out_ch} channel{'s' if out_ch != 1 else ''} x "
+             f"{variations} variation{'s' if variations != 1 else ''}")
+    return Cost(samples=samples, stages=stages, peak_bytes=peak, shape=shape)
+
+
+def check_cost(cost: Cost, limits: Limits) -> None:
+    """BadArgs, naming the limit and what to ask instead, when ``cost`` is over ``limits``."""
+    instead = ("ask for fewer variations, a shorter length or a lower sample_rate (48000 is what a DAW uses), "
+               "or make it in parts, continuing the last")
+    if cost.samples > limits.max_samples:
+        raise BadArgs(f"this job would write {cost.samples:,} samples ({cost.shape}), over the bridge's limit of "
+                      f"{limits.max_samples:,} samples a job: {instead}")
+    if cost.peak_bytes > limits.max_bytes:
+        heaviest = max(cost.stages, key=lambda k: cost.stages[k])
+        raise BadArgs(f"this job would hold about {_size(cost.peak_bytes)} of memory at its peak ({cost.shape}; "
+                      f"{heaviest}: {_size(cost.stages[heaviest])}), over the bridge's limit of "
+                      f"{_size(limits.max_bytes)} a job (serve --max-job-memory): {instead}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
