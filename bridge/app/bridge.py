@@ -65,7 +65,9 @@ class Bridge:
 
     def _model_facts(self) -> dict[str, Any]:
         loaded = self.engine.loaded
-        return {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", "")}
+        fast = self.engine.loop.fast
+        return {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
+                "engine": fast.facts() if fast is not None else {"kernel": "transformers"}}
 
     # -- requests ---------------------------------------------------------------------------
     def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,

@@ -24,8 +24,6 @@ tokens of one step into the logits of the next. Precisions (``weights``):
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,40 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from bridge.engine import kernels
+from bridge.engine.machine import attention_fact, sdpa_dtype
 
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
-
-
-@functools.cache
-def sdpa_dtype(device_type: str, cache_dtype: torch.dtype, queries: str = "prompt") -> torch.dtype:
-    """The dtype torch's ``scaled_dot_product_attention`` is fastest in, on this machine, for a cache kept
-    in ``cache_dtype``: that dtype itself or fp32 (counting the casts). ``queries`` is ``"prompt"``
-    (many causal positions at once) or ``"step"`` (one position over a longer cache).
-
-    bf16 attention runs on AMX where the CPU has it and may be several times slower than fp32
-    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer),
-    and torch runs prompts and single queries through different kernels, so each kind is measured
-    apart, once per process (``functools.cache`` keeps the choice, not the timings). Only CPUs with a
-    bf16 or fp16 cache have a choice to make; the native int8 path uses the kernel's own attention for
-    steps and this only for prompts.
-    """
-    if device_type != "cpu" or cache_dtype == torch.float32:
-        return cache_dtype
-    gen = torch.Generator().manual_seed(0)
-    shape_q, shape_kv = ((2, 16, 128, 64), (2, 16, 128, 64)) if queries == "prompt" else ((2, 16, 1, 64),
-                                                                                           (2, 16, 512, 64))
-    q = torch.randn(shape_q, generator=gen).to(cache_dtype)
-    k, v = (torch.randn(shape_kv, generator=gen).to(cache_dtype) for _ in range(2))
-    best: dict[torch.dtype, float] = {}
-    with torch.inference_mode():
-        for _ in range(10):  # interleaved, the best of ten: the machine may be busy
-            for dtype in (cache_dtype, torch.float32):
-                started = time.perf_counter()
-                F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=queries == "prompt")
-                elapsed = time.perf_counter() - started
-                best[dtype] = min(best.get(dtype, elapsed), elapsed)
-    return min(best, key=best.__getitem__)
 
 
 def _has_mkldnn_linear() -> bool:
@@ -306,6 +274,11 @@ class FastDecoder:
             return f"{self.kernel.reason} for {native} of {len(linears)} linear layers (other shapes: torch's)"
         return self.kernel.reason
 
+    def facts(self) -> dict[str, str]:
+        """What decides this decoder's numbers, for the sidecar: weights, matrix kernel, attention dtype."""
+        return {"weights": self.weights, "kernel": self.describe(),
+                "attention": attention_fact(self.device.type, self.compute_dtype)}
+
     def nbytes(self) -> int:
         """Bytes of weights this decoder reads (besides the checkpoint's own modules)."""
         total = self.embeddings.numel() * 4 + self.lm_heads.nbytes()
@@ -457,7 +430,7 @@ class FastDecoder:
             # the native kernel reads the cache as stored (decoder_layers calls the same op)
             attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
         else:
-            adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
+            adt = sdpa_dtype(self.device.type, dtype)
             attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
                                                   _cast(values[:, :, :end], adt), attn_mask=mask,
                                                   is_causal=length > 1 and start == 0)
@@ -472,7 +445,7 @@ class FastDecoder:
                 attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
                                                            state.cross_mask, False)
             else:
-                adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
+                adt = sdpa_dtype(self.device.type, dtype)
                 text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
                 attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
                                                       attn_mask=text_mask)
