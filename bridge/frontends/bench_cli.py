@@ -59,6 +59,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--jam-segments", type=int, default=3, help="after the runs, time this many jam segments "
                    "(default 3; 0 skips): generation time over segment length, time to the first segment")
     p.add_argument("--jam-bars", type=int, default=1, help="bars per jam segment, at 120 bpm in 4/4 (default 1)")
+    p.add_argument("--beside-daw", action="store_true", help="instead: run a DAW stand-in (5.33 ms blocks, 2 ms of "
+                   "work each) alone, then beside the bridge at the old and the new compute defaults; report its "
+                   "missed deadlines and the bridge's real-time factor alone and beside it")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     p.set_defaults(handler=run_bench)
 
@@ -353,6 +356,19 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _run_beside_daw(args: argparse.Namespace) -> int:
+    from bridge.frontends import beside_daw  # noqa: PLC0415
+
+    plan_compute(args.threads, args.priority)  # bad values: refused before anything starts
+    result = beside_daw.measure(args)
+    result["machine"] = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    sys.stdout.write(beside_daw.format_table(result) + "\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        sys.stderr.write(f"wrote {args.json}\n")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command."""
 
@@ -362,6 +378,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise BadArgs("bench needs --seconds above 0 and --runs of at least 1")
     if args.jam_segments < 0 or not 1 <= args.jam_bars <= 8:
         raise BadArgs("--jam-segments must be 0 or more and --jam-bars from 1 to 8")
+    if args.beside_daw:
+        return _run_beside_daw(args)
     # the bridge's own compute settings (bridge/compute.py), applied as the daemon applies them
     plan = plan_compute(args.threads, args.priority)
     apply_threads(plan)
