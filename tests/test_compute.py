@@ -171,3 +171,48 @@ def test_the_worker_start_hook_runs_once_on_the_worker_before_the_first_job():
     finally:
         queue.close()
     assert order == ["hook on musicgen-worker", "job done", "job done"]
+
+
+class _Libc:
+    def __init__(self, answer: int) -> None:
+        self.answer, self.calls = answer, []
+
+    def pthread_set_qos_class_self_np(self, qos: int, relative: int) -> int:
+        self.calls.append((qos, relative))
+        return self.answer
+
+
+def test_macos_asks_for_the_utility_qos_class_and_says_so_when_refused(monkeypatch):
+    import ctypes
+
+    libc = _Libc(0)
+    monkeypatch.setattr(ctypes, "CDLL", lambda path: libc)
+    assert compute.yield_this_thread(compute.ComputePlan(1), platform="darwin").startswith("utility QoS (macOS")
+    assert libc.calls == [(0x11, 0)]  # QOS_CLASS_UTILITY
+    refusing = _Libc(1)
+    monkeypatch.setattr(ctypes, "CDLL", lambda path: refusing)
+    said = compute.yield_this_thread(compute.ComputePlan(1), platform="darwin")
+    assert said.startswith("normal priority (lowering it failed: pthread_set_qos_class_self_np refused")
+
+
+class _Kernel32:
+    def __init__(self, answer: int) -> None:
+        self.answer, self.calls = answer, []
+
+    def GetCurrentThread(self) -> int:
+        return -2
+
+    def SetThreadPriority(self, thread: int, priority: int) -> int:
+        self.calls.append((thread, priority))
+        return self.answer
+
+
+def test_windows_sets_the_worker_thread_below_normal(monkeypatch):
+    import ctypes
+    from types import SimpleNamespace
+
+    kernel32 = _Kernel32(1)
+    monkeypatch.setattr(ctypes, "windll", SimpleNamespace(kernel32=kernel32), raising=False)
+    said = compute.yield_this_thread(compute.ComputePlan(1), platform="win32")
+    assert said == "below-normal priority (Windows, this thread only)"
+    assert kernel32.calls == [(-2, -1)]  # THREAD_PRIORITY_BELOW_NORMAL
