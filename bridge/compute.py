@@ -33,7 +33,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOWER_NICE = 10  # Linux: the worker's nice value; the DAW (0, or real-time) always runs first
-PRIORITIES = ("low", "normal")
+PRIORITIES = ("low", "idle", "normal")
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
@@ -79,7 +79,8 @@ def plan_compute(threads: int | None = None, priority: str = "low", cores: int |
     if threads is not None and threads < 1:
         raise BadArgs(f"threads must be 1 or more, got {threads}: leave it out for the default (cores minus one)")
     if priority not in PRIORITIES:
-        raise BadArgs(f"unknown priority {priority!r}: use low (the default: yields to the DAW) or normal")
+        raise BadArgs(f"unknown priority {priority!r}: use low (the default: yields to the DAW), idle (only spare "
+                      "CPU time) or normal")
     return ComputePlan(threads=default_threads(cores) if threads is None else threads, priority=priority)
 
 
@@ -110,12 +111,13 @@ def yield_this_thread(plan: ComputePlan, platform: str = sys.platform) -> str:
     if plan.priority == "normal":
         return "normal priority (asked for)"
     try:
+        idle = plan.priority == "idle"
         if platform.startswith("linux"):
-            return _nice_this_thread()
+            return _idle_this_thread() if idle else _nice_this_thread()
         if platform == "darwin":
-            return _qos_utility()
+            return _qos(background=idle)
         if platform == "win32":
-            return _below_normal()
+            return _below_normal(lowest=idle)
     except (OSError, AttributeError) as exc:
         log.warning("could not lower the compute thread's priority: %s", exc)
         return f"normal priority (lowering it failed: {exc})"
@@ -130,24 +132,30 @@ def _nice_this_thread() -> str:
     return f"nice {max(current, LOWER_NICE)} (Linux, this thread and the threads it starts)"
 
 
-def _qos_utility() -> str:
+def _idle_this_thread() -> str:
+    # SCHED_IDLE: any other thread that wakes takes the CPU at once (across session groups too)
+    os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+    return "SCHED_IDLE (Linux, this thread and the threads it starts)"
+
+
+def _qos(background: bool = False) -> str:
     import ctypes  # noqa: PLC0415
 
-    qos_class_utility = 0x11
+    qos_class, name = (0x09, "background") if background else (0x11, "utility")
     libc: Any = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
-    if libc.pthread_set_qos_class_self_np(qos_class_utility, 0) != 0:
+    if libc.pthread_set_qos_class_self_np(qos_class, 0) != 0:
         raise OSError("pthread_set_qos_class_self_np refused")
-    return "utility QoS (macOS, this thread and the threads it starts)"
+    return f"{name} QoS (macOS, this thread and the threads it starts)"
 
 
-def _below_normal() -> str:
+def _below_normal(lowest: bool = False) -> str:
     import ctypes  # noqa: PLC0415
 
-    thread_priority_below_normal = -1
+    priority, name = (-2, "lowest") if lowest else (-1, "below-normal")  # THREAD_PRIORITY_LOWEST / BELOW_NORMAL
     kernel32: Any = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    if not kernel32.SetThreadPriority(kernel32.GetCurrentThread(), thread_priority_below_normal):
+    if not kernel32.SetThreadPriority(kernel32.GetCurrentThread(), priority):
         raise OSError("SetThreadPriority refused")
-    return "below-normal priority (Windows, this thread only)"
+    return f"{name} priority (Windows, this thread only)"
 
 
 def thread_nice(tid: int) -> int:

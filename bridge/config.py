@@ -25,7 +25,7 @@ PRECISION_HELP = ("how the decoder stores its weights: auto (default: int8 on CP
 THREADS_HELP = ("compute threads (default: physical cores minus one, at least one, so a DAW keeps a core; "
                 "see the README's \"Beside a DAW\")")
 PRIORITY_HELP = ("low (default: the compute thread yields to the DAW: nice 10 on Linux, utility QoS on macOS, "
-                 "below normal on Windows) or normal")
+                 "below normal on Windows), idle (only spare CPU time: SCHED_IDLE, background QoS, lowest) or normal")
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,18 @@ def test_windows_sets_the_worker_thread_below_normal(monkeypatch):
     said = compute.yield_this_thread(compute.ComputePlan(1), platform="win32")
     assert said == "below-normal priority (Windows, this thread only)"
     assert kernel32.calls == [(-2, -1)]  # THREAD_PRIORITY_BELOW_NORMAL
+
+
+@linux_only
+def test_idle_priority_puts_the_worker_in_sched_idle_and_leaves_the_test_thread_alone():
+    seen: dict[str, object] = {}
+
+    def worker() -> None:
+        seen["said"] = compute.yield_this_thread(compute.ComputePlan(1, "idle"))
+        seen["policy"] = os.sched_getscheduler(threading.get_native_id())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"said": "SCHED_IDLE (Linux, this thread and the threads it starts)", "policy": os.SCHED_IDLE}
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER

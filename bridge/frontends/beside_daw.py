@@ -184,6 +184,8 @@ def _bridge_main(argv: Sequence[str]) -> int:
         apply_threads(plan)
         said = yield_this_thread(plan)
         compute = f"{plan.threads} thread{'s' if plan.threads > 1 else ''}, {said.split(' (')[0]}, OpenMP passive"
+        if said.startswith("normal priority (lowering it failed"):
+            compute += f" ({said})"
     else:
         compute = f"{torch.get_num_threads()} threads, normal priority, OpenMP default wait"
     engine = Engine(load_model(args.model, device=args.device, precision=args.precision))
