@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import subprocess
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,39 @@ def _below_normal(lowest: bool = False) -> str:
     if not kernel32.SetThreadPriority(kernel32.GetCurrentThread(), priority):
         raise OSError("SetThreadPriority refused")
     return f"{name} priority (Windows, this thread only)"
+
+
+class Launcher:
+    """Starts child processes from a thread that keeps the priority the daemon started with.
+
+    A thread's priority is inherited by the processes it starts, and a lowered thread cannot raise
+    it again; the jam's playback child, started by the (lowered) worker, must keep normal priority:
+    it is the bridge's own audio deadline. Make the launcher before the worker lowers itself.
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.Queue[tuple[Sequence[str], dict[str, Any], list[Any], threading.Event]] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="musicgen-launcher", daemon=True)
+        self._thread.start()
+
+    def popen(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """``subprocess.Popen(command, **kwargs)``, run on the launcher's thread."""
+        answer: list[Any] = []
+        done = threading.Event()
+        self._requests.put((command, kwargs, answer, done))
+        done.wait()
+        if isinstance(answer[0], BaseException):
+            raise answer[0]
+        return answer[0]  # type: ignore[no-any-return]
+
+    def _serve(self) -> None:
+        while True:
+            command, kwargs, answer, done = self._requests.get()
+            try:
+                answer.append(subprocess.Popen(command, **kwargs))
+            except (OSError, ValueError) as exc:
+                answer.append(exc)
+            done.set()
 
 
 def thread_nice(tid: int) -> int:

@@ -231,3 +231,28 @@ def test_idle_priority_puts_the_worker_in_sched_idle_and_leaves_the_test_thread_
     thread.join()
     assert seen == {"said": "SCHED_IDLE (Linux, this thread and the threads it starts)", "policy": os.SCHED_IDLE}
     assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+
+
+_PRINT_NICE = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+
+
+@linux_only
+def test_a_child_started_through_the_launcher_keeps_normal_priority_when_the_worker_is_lowered():
+    launcher = compute.Launcher()  # made first, on a thread at normal priority, as App.build does
+    seen: dict[str, str] = {}
+
+    def worker() -> None:
+        compute.yield_this_thread(compute.ComputePlan(1))
+        for name, popen in (("launcher", launcher.popen), ("direct", subprocess.Popen)):
+            child = popen([sys.executable, "-c", _PRINT_NICE], stdout=subprocess.PIPE, text=True)
+            seen[name] = child.communicate(timeout=60)[0].strip()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"launcher": "0", "direct": str(compute.LOWER_NICE)}
+
+
+def test_the_launcher_hands_back_the_error_of_a_child_that_cannot_start(tmp_path):
+    with pytest.raises(OSError):
+        compute.Launcher().popen([str(tmp_path / "no-such-program")])

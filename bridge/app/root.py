@@ -21,7 +21,7 @@ from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
 from bridge.app.storage import remove_stale_temporaries
 from bridge.app.store import ResultStore
-from bridge.compute import apply_threads, plan_compute, yield_this_thread
+from bridge.compute import Launcher, apply_threads, plan_compute, yield_this_thread
 from bridge.config import Config
 from bridge.engine import Engine
 from bridge.engine.models import load_model
@@ -71,6 +71,8 @@ class App:
             if engine is None:
                 apply_threads(plan_compute(config.threads, config.priority))
                 engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
+            if output is None:  # its playback children start at this (the main) thread's priority
+                output = OutputDevice(config.audio_device, popen=Launcher().popen)
             bridge = Bridge(engine, config, presets, output=output)
         except BaseException:
             if opened is not None:
