@@ -7,16 +7,18 @@ stand-in missed 13% of its deadlines, and the bridge itself ran slower under tha
 one thread. So by default the bridge:
 
 - computes on the physical cores minus one (at least one): a core stays free for the DAW;
-- lowers the priority of the thread that computes (:func:`yield_this_thread`): Linux ``nice`` +10 for
-  the worker thread, inherited by the OpenMP threads torch starts from it; macOS utility QoS for the
-  worker (threads it creates inherit it); Windows below-normal for the worker thread only (torch's
-  OpenMP threads start at normal priority there, so the free core is what protects the DAW);
+- lowers the priority of the thread that computes (:func:`yield_this_thread`): Linux ``SCHED_IDLE``
+  for the worker thread, inherited by the OpenMP threads torch starts from it (any other thread that
+  wakes takes its CPU at once, even from another session's group, where ``nice`` would not count);
+  macOS utility QoS for the worker (threads it creates inherit it); Windows below-normal for the
+  worker thread only (torch's OpenMP threads start at normal priority there, so the free core is
+  what protects the DAW); the processes the daemon starts keep normal priority (:class:`Launcher`);
 - lets idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``,
   ``KMP_BLOCKTIME=0``): this has to be in the environment before torch is imported
   (:func:`prepare_environment`, called first thing by the CLI).
 
-``--threads N`` (or ``threads:`` in the config file) overrides the count; ``--priority normal``
-keeps the thread at normal priority.
+``--threads N`` (or ``threads:`` in the config file) overrides the count; ``--priority nice`` uses
+nice 10 on Linux instead, ``--priority normal`` keeps the thread at normal priority.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 LOWER_NICE = 10  # Linux: the worker's nice value; the DAW (0, or real-time) always runs first
-PRIORITIES = ("low", "idle", "normal")
+PRIORITIES = ("low", "nice", "normal")
 PASSIVE_WAIT = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
 
 
@@ -81,8 +83,8 @@ def plan_compute(threads: int | None = None, priority: str = "low", cores: int |
     if threads is not None and threads < 1:
         raise BadArgs(f"threads must be 1 or more, got {threads}: leave it out for the default (cores minus one)")
     if priority not in PRIORITIES:
-        raise BadArgs(f"unknown priority {priority!r}: use low (the default: yields to the DAW), idle (only spare "
-                      "CPU time) or normal")
+        raise BadArgs(f"unknown priority {priority!r}: use low (the default: only CPU time the DAW does not want), "
+                      "nice (Linux: nice 10) or normal")
     return ComputePlan(threads=default_threads(cores) if threads is None else threads, priority=priority)
 
 
@@ -113,13 +115,12 @@ def yield_this_thread(plan: ComputePlan, platform: str = sys.platform) -> str:
     if plan.priority == "normal":
         return "normal priority (asked for)"
     try:
-        idle = plan.priority == "idle"
         if platform.startswith("linux"):
-            return _idle_this_thread() if idle else _nice_this_thread()
+            return _idle_this_thread() if plan.priority == "low" else _nice_this_thread()
         if platform == "darwin":
-            return _qos(background=idle)
+            return _qos()
         if platform == "win32":
-            return _below_normal(lowest=idle)
+            return _below_normal()
     except (OSError, AttributeError) as exc:
         log.warning("could not lower the compute thread's priority: %s", exc)
         return f"normal priority (lowering it failed: {exc})"
@@ -140,24 +141,25 @@ def _idle_this_thread() -> str:
     return "SCHED_IDLE (Linux, this thread and the threads it starts)"
 
 
-def _qos(background: bool = False) -> str:
+def _qos() -> str:
     import ctypes  # noqa: PLC0415
 
-    qos_class, name = (0x09, "background") if background else (0x11, "utility")
+    # utility, not background: background keeps a thread on the efficiency cores, too slow to wait for
+    qos_class_utility = 0x11
     libc: Any = ctypes.CDLL("/usr/lib/libSystem.B.dylib")
-    if libc.pthread_set_qos_class_self_np(qos_class, 0) != 0:
+    if libc.pthread_set_qos_class_self_np(qos_class_utility, 0) != 0:
         raise OSError("pthread_set_qos_class_self_np refused")
-    return f"{name} QoS (macOS, this thread and the threads it starts)"
+    return "utility QoS (macOS, this thread and the threads it starts)"
 
 
-def _below_normal(lowest: bool = False) -> str:
+def _below_normal() -> str:
     import ctypes  # noqa: PLC0415
 
-    priority, name = (-2, "lowest") if lowest else (-1, "below-normal")  # THREAD_PRIORITY_LOWEST / BELOW_NORMAL
+    thread_priority_below_normal = -1
     kernel32: Any = ctypes.windll.kernel32  # type: ignore[attr-defined]
-    if not kernel32.SetThreadPriority(kernel32.GetCurrentThread(), priority):
+    if not kernel32.SetThreadPriority(kernel32.GetCurrentThread(), thread_priority_below_normal):
         raise OSError("SetThreadPriority refused")
-    return f"{name} priority (Windows, this thread only)"
+    return "below-normal priority (Windows, this thread only)"
 
 
 class Launcher:

@@ -24,8 +24,8 @@ PRECISION_HELP = ("how the decoder stores its weights: auto (default: int8 on CP
 
 THREADS_HELP = ("compute threads (default: physical cores minus one, at least one, so a DAW keeps a core; "
                 "see the README's \"Beside a DAW\")")
-PRIORITY_HELP = ("low (default: the compute thread yields to the DAW: nice 10 on Linux, utility QoS on macOS, "
-                 "below normal on Windows), idle (only spare CPU time: SCHED_IDLE, background QoS, lowest) or normal")
+PRIORITY_HELP = ("low (default: the compute thread yields to the DAW: SCHED_IDLE on Linux, utility QoS on macOS, "
+                 "below normal on Windows), nice (Linux: nice 10) or normal")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Config:
     audio_device: str | None = None
     state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
     threads: int | None = None  # compute threads; None: physical cores minus one (bridge/compute.py)
-    priority: str = "low"  # the compute thread's priority: low (yields to a DAW) or normal
+    priority: str = "low"  # the compute thread's priority: low (yields to a DAW), nice or normal
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()

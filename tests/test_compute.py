@@ -99,31 +99,38 @@ from bridge.compute import ComputePlan, yield_this_thread
 before = set(os.listdir("/proc/self/task"))
 seen = {}
 def work():
-    seen["said"] = yield_this_thread(ComputePlan(2))
+    seen["said"] = yield_this_thread(ComputePlan(2, PRIORITY))
     seen["worker"] = threading.get_native_id()
     a = torch.randn(384, 384)
     for _ in range(4):
         a = (a @ a).tanh()
     seen["nice"] = {t: os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir("/proc/self/task")}
+    seen["policy"] = {t: os.sched_getscheduler(int(t)) for t in os.listdir("/proc/self/task")}
 worker = threading.Thread(target=work)
 worker.start(); worker.join()
-seen["main"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+seen["main"] = [os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), os.sched_getscheduler(0)]
 seen["new"] = sorted(set(seen["nice"]) - before)
 print(json.dumps(seen))
 """
 
 
 @linux_only
-def test_the_lowered_worker_and_the_openmp_threads_it_starts_run_at_nice_10_and_the_main_thread_does_not():
+@pytest.mark.parametrize("priority", ["low", "nice"])
+def test_the_lowered_worker_and_the_openmp_threads_it_starts_are_lowered_and_the_main_thread_is_not(priority):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    done = subprocess.run([sys.executable, "-c", _OMP_INHERITS], capture_output=True, text=True, env=env,
-                          timeout=120, check=True)
+    code = _OMP_INHERITS.replace("PRIORITY", repr(priority))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          check=True)
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["said"].startswith("nice 10")
-    assert seen["main"] == 0
+    assert seen["main"] == [0, os.SCHED_OTHER]
     new = seen["new"]
     assert str(seen["worker"]) in new and len(new) >= 2  # the worker and at least one OpenMP thread of its own
-    assert all(seen["nice"][tid] == compute.LOWER_NICE for tid in new)
+    if priority == "low":
+        assert seen["said"].startswith("SCHED_IDLE")
+        assert all(seen["policy"][tid] == os.SCHED_IDLE for tid in new)
+    else:
+        assert seen["said"].startswith("nice 10")
+        assert all(seen["nice"][tid] == compute.LOWER_NICE for tid in new)
 
 
 class _Runner:
@@ -131,16 +138,19 @@ class _Runner:
 
     def __init__(self) -> None:
         self.nice: int | None = None
+        self.policy: int | None = None
         self.thread = ""
 
     def run(self, job_id, request, progress, is_cancelled, on_chunk=None, on_warning=None) -> JobResult:
         self.thread = threading.current_thread().name
         if sys.platform.startswith("linux"):
             self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            self.policy = os.sched_getscheduler(threading.get_native_id())
         return JobResult(paths=[], seconds=0.0, sample_rate=32000)
 
 
-@pytest.mark.parametrize(("priority", "expected"), [("low", compute.LOWER_NICE), ("normal", 0)])
+@pytest.mark.parametrize(("priority", "expected"), [("low", (0, "SCHED_IDLE")), ("nice", (compute.LOWER_NICE, "SCHED_OTHER")),
+                                                    ("normal", (0, "SCHED_OTHER"))])
 def test_the_daemon_runs_its_jobs_on_a_worker_at_the_configured_priority(tmp_path, priority, expected):
     runner = _Runner()
     app = App.around(Config(output_dir=tmp_path, priority=priority), runner)
@@ -151,7 +161,7 @@ def test_the_daemon_runs_its_jobs_on_a_worker_at_the_configured_priority(tmp_pat
         app.close()
     assert runner.thread == "musicgen-worker"
     if sys.platform.startswith("linux"):
-        assert runner.nice == expected
+        assert (runner.nice, runner.policy) == (expected[0], getattr(os, expected[1]))
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # the test's own thread: untouched
 
 
@@ -219,11 +229,11 @@ def test_windows_sets_the_worker_thread_below_normal(monkeypatch):
 
 
 @linux_only
-def test_idle_priority_puts_the_worker_in_sched_idle_and_leaves_the_test_thread_alone():
+def test_low_priority_puts_the_worker_in_sched_idle_and_leaves_the_test_thread_alone():
     seen: dict[str, object] = {}
 
     def worker() -> None:
-        seen["said"] = compute.yield_this_thread(compute.ComputePlan(1, "idle"))
+        seen["said"] = compute.yield_this_thread(compute.ComputePlan(1, "low"))
         seen["policy"] = os.sched_getscheduler(threading.get_native_id())
 
     thread = threading.Thread(target=worker)
@@ -233,7 +243,7 @@ def test_idle_priority_puts_the_worker_in_sched_idle_and_leaves_the_test_thread_
     assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
 
 
-_PRINT_NICE = "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"
+_PRINT_PRIORITY = "import os; print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))"
 
 
 @linux_only
@@ -244,13 +254,13 @@ def test_a_child_started_through_the_launcher_keeps_normal_priority_when_the_wor
     def worker() -> None:
         compute.yield_this_thread(compute.ComputePlan(1))
         for name, popen in (("launcher", launcher.popen), ("direct", subprocess.Popen)):
-            child = popen([sys.executable, "-c", _PRINT_NICE], stdout=subprocess.PIPE, text=True)
+            child = popen([sys.executable, "-c", _PRINT_PRIORITY], stdout=subprocess.PIPE, text=True)
             seen[name] = child.communicate(timeout=60)[0].strip()
 
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
-    assert seen == {"launcher": "0", "direct": str(compute.LOWER_NICE)}
+    assert seen == {"launcher": f"0 {os.SCHED_OTHER}", "direct": f"0 {os.SCHED_IDLE}"}
 
 
 def test_the_launcher_hands_back_the_error_of_a_child_that_cannot_start(tmp_path):

@@ -127,7 +127,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
     return load_config(args.config, overrides={
         "model": args.model, "device": args.device, "precision": args.precision, "output_dir": args.output_dir,
-        "threads": args.threads, "priority": args.priority,
+        "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
     })
 
 

@@ -67,7 +67,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "model": args.model, "device": args.device, "precision": args.precision, "host": args.host,
         "port": args.port, "reply_port": args.reply_port, "output_dir": args.output_dir,
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
-        "state_dir": getattr(args, "state_dir", None), "threads": args.threads, "priority": args.priority,
+        "state_dir": getattr(args, "state_dir", None), "threads": getattr(args, "threads", None),
+        "priority": getattr(args, "priority", None),
     })
 
 
