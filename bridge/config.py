@@ -22,6 +22,12 @@ PRECISION_HELP = ("how the decoder stores its weights: auto (default: int8 on CP
                   "int8, int4 (audibly lossy, for sketches); see the README's speed section")
 
 
+THREADS_HELP = ("compute threads (default: physical cores minus one, at least one, so a DAW keeps a core; "
+                "see the README's \"Beside a DAW\")")
+PRIORITY_HELP = ("low (default: the compute thread yields to the DAW: SCHED_IDLE on Linux, utility QoS on macOS, "
+                 "below normal on Windows), nice (Linux: nice 10) or normal")
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the daemon is built from. Frozen: pass it down, never change it."""
@@ -40,6 +46,8 @@ class Config:
     state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
     allow_dirs: tuple[Path, ...] | None = None  # where OSC clients may read clips; None: see ClipRoots
     max_job_memory: int | None = None  # MB one job may hold at its peak; None: half the machine's memory
+    threads: int | None = None  # compute threads; None: physical cores minus one (bridge/compute.py)
+    priority: str = "low"  # the compute thread's priority: low (yields to a DAW), nice or normal
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -52,7 +60,7 @@ def _coerce(name: str, value: Any) -> Any:
     kind = _FIELDS[name].type
     if value is None:
         return None
-    if name in ("port", "reply_port", "queue_size", "max_job_memory"):
+    if name in ("port", "reply_port", "queue_size", "max_job_memory", "threads"):
         return int(value)
     if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))

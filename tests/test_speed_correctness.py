@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bridge.engine import Engine, GenerationSpec
+from bridge.engine.cuda_graphs import static_step
 from bridge.engine.decoding import Sampling, TokenLoop
 from bridge.engine.fast_decoder import FastDecoder, PackedLinear
 from bridge.engine.models import load_model, pick_dtype, pick_precision
@@ -140,7 +141,7 @@ def test_static_step_equals_the_dynamic_step(tiny_engine):
         for pos in range(12):
             tokens = torch.randint(0, fast.vocab, (2, fast.num_codebooks, 1), generator=gen)
             a = fast.forward(dynamic, tokens)
-            b = fast.static_step(static, tokens[:, :, 0], torch.tensor([pos]))
+            b = static_step(fast, static, tokens[:, :, 0], torch.tensor([pos]))
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 

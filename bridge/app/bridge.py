@@ -24,6 +24,7 @@ from bridge.app.rendering import ChunkWriter, Renderer
 from bridge.app.results import Chunk, JobResult
 from bridge.app.storage import check_output_folder, estimate_bytes
 from bridge.app.store import ResultStore
+from bridge.compute import plan_compute
 from bridge.config import Config
 from bridge.engine import Engine
 from bridge.errors import BadArgs, Cancelled, NoAudioDevice, NotFound
@@ -39,6 +40,7 @@ class Bridge:
                  output: OutputDevice | None = None, store: ResultStore | None = None) -> None:
         self.engine = engine
         self.config = config
+        self.compute = plan_compute(config.threads, config.priority)
         self.presets = presets
         self.store = store if store is not None else ResultStore(config.resolved_output_dir())
         self.output = output if output is not None else OutputDevice(config.audio_device)
@@ -65,11 +67,14 @@ class Bridge:
             "melody": loaded.is_melody,
             "underruns": self.output.underruns,
             "jamming": self.jam.running,
+            "compute": self.compute.describe(),
         }
 
     def _model_facts(self) -> dict[str, Any]:
         loaded = self.engine.loaded
-        return {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", "")}
+        fast = self.engine.loop.fast
+        return {"model": loaded.name, "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
+                "engine": fast.facts() if fast is not None else {"kernel": "transformers"}}
 
     # -- requests ---------------------------------------------------------------------------
     def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,

@@ -56,7 +56,8 @@ class JobQueue:
     """A bounded queue of jobs and the one worker thread that runs them on the engine."""
 
     def __init__(self, bridge: Runner, maxsize: int = 16, listener: JobListener | None = None, *,
-                 progress_interval: float = 0.1, journal_size: int = 64, journal: Journal | None = None) -> None:
+                 progress_interval: float = 0.1, journal_size: int = 64, journal: Journal | None = None,
+                 on_worker_start: Callable[[], object] | None = None) -> None:
         if maxsize < 1:
             raise BadArgs(f"the queue size must be 1 or more, got {maxsize}")
         self.bridge = bridge
@@ -75,6 +76,8 @@ class JobQueue:
         self._intake_thread: threading.Thread | None = None
         self._numbers = itertools.count(1)
         self._id_salt = secrets.token_hex(3)
+        # run first on the worker thread: the daemon lowers its priority there (bridge/compute.py)
+        self._on_worker_start = on_worker_start
 
     # -- life -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -315,6 +318,8 @@ class JobQueue:
 
     # -- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
+        if self._on_worker_start is not None:
+            self._on_worker_start()
         while True:
             with self._lock:
                 while not self._waiting and not self._closing:

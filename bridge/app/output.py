@@ -18,6 +18,7 @@ waits for them. The worker's calls (a job's ``play 1``, the jam) run in the work
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -46,10 +47,12 @@ class PlayerLike(Protocol):
     def underruns(self) -> int: ...
 
 
-def _default_player(device: str | None, buffer_seconds: float) -> PlayerLike:
+def _default_player(device: str | None, buffer_seconds: float, popen: Callable[..., Any] | None = None) -> PlayerLike:
     from bridge.audio.playback import Player  # noqa: PLC0415  (PortAudio stays out of the daemon)
 
-    return Player(device=device, buffer_seconds=buffer_seconds, start_seconds=0.5)
+    if popen is None:
+        return Player(device=device, buffer_seconds=buffer_seconds, start_seconds=0.5)
+    return Player(device=device, buffer_seconds=buffer_seconds, start_seconds=0.5, popen=popen)
 
 
 def _default_outputs() -> list[Any]:
@@ -66,10 +69,12 @@ class OutputDevice:
 
     def __init__(self, device: str | None = None, *, buffer_seconds: float = PLAYER_BUFFER_SECONDS,
                  make_player: Callable[[str | None, float], PlayerLike] | None = None,
-                 list_outputs: Callable[[], list[Any]] | None = None) -> None:
+                 list_outputs: Callable[[], list[Any]] | None = None,
+                 popen: Callable[..., Any] | None = None) -> None:
         self.device = device
         self.buffer_seconds = buffer_seconds
-        self._make_player = make_player or _default_player
+        # popen: starts the playback child at the daemon's own priority (bridge/compute.py's Launcher)
+        self._make_player = make_player or functools.partial(_default_player, popen=popen)
         self._list_outputs = list_outputs or _default_outputs
         self._lock = threading.Lock()
         self._player: PlayerLike | None = None

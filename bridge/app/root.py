@@ -21,6 +21,7 @@ from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
 from bridge.app.storage import remove_stale_temporaries
 from bridge.app.store import ResultStore
+from bridge.compute import Launcher, apply_threads, plan_compute, yield_this_thread
 from bridge.config import Config
 from bridge.engine import Engine
 from bridge.engine.models import load_model
@@ -68,7 +69,10 @@ class App:
         opened = open_journal(config) if journal else None
         try:
             if engine is None:
+                apply_threads(plan_compute(config.threads, config.priority))
                 engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
+            if output is None:  # its playback children start at this (the main) thread's priority
+                output = OutputDevice(config.audio_device, popen=Launcher().popen)
             bridge = Bridge(engine, config, presets, output=output)
         except BaseException:
             if opened is not None:
@@ -86,8 +90,13 @@ class App:
         store = getattr(bridge, "store", None) or ResultStore(config.resolved_output_dir())
         jam = getattr(bridge, "jam", None) or JamController(None, output, store)
         runner: Runner = bridge
-        return cls(config=config, bridge=bridge, jobs=JobQueue(runner, config.queue_size, listener, journal=journal),
-                   output=output, jam=jam, journal=journal)
+        plan = plan_compute(config.threads, config.priority)
+
+        def lower_worker() -> str:
+            return yield_this_thread(plan)
+
+        jobs = JobQueue(runner, config.queue_size, listener, journal=journal, on_worker_start=lower_worker)
+        return cls(config=config, bridge=bridge, jobs=jobs, output=output, jam=jam, journal=journal)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel and report every job, then let go of the output device."""

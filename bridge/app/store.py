@@ -106,6 +106,7 @@ def sidecar_for(job_id: str, request: Request, plan: Plan, seed: int, clip: audi
         "model": model.get("model"),
         "device": model.get("device"),
         "dtype": model.get("dtype"),
+        "engine": model.get("engine"),  # weights, kernel, attention dtype, CUDA graph or eager: the numbers' path
         "mode": request.mode,
         "preset": request.extra.get("preset"),
         "prompt": request.prompt,

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ class _Take:
     """One child process playing one stream from open to done; the Player owns at most one at a time."""
 
     def __init__(self, spec: dict[str, Any], record: bool | str | Path, stall_timeout: float,
-                 open_timeout: float) -> None:
+                 open_timeout: float, popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         self.stall_timeout = stall_timeout
         self.error: NoAudioDevice | None = None
         self.outcome: str | None = None
@@ -162,8 +163,9 @@ class _Take:
         command, env = _child_command()
         self._stderr = tempfile.TemporaryFile()
         opened_at = time.monotonic()
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self._stderr, bufsize=0)
+        # popen: the daemon's launcher, so the child keeps normal priority (bridge/compute.py)
+        self.process = popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=self._stderr, bufsize=0)
         assert self.process.stdin is not None and self.process.stdout is not None  # internal: asked for above
         self._in_fd = self.process.stdin.fileno()
         self._out_fd = self.process.stdout.fileno()
@@ -366,7 +368,8 @@ class Player:
 
     def __init__(self, device: str | int | None = None, sample_rate: int | None = None, channels: int = 2,
                  blocksize: int = 0, latency: str | float = "high", buffer_seconds: float = 2.0,
-                 start_seconds: float = 0.2, stall_timeout: float = 2.0, open_timeout: float = 15.0) -> None:
+                 start_seconds: float = 0.2, stall_timeout: float = 2.0, open_timeout: float = 15.0,
+                 popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         if channels < 1:
             raise BadArgs(f"channels must be at least 1, got {channels}")
         if buffer_seconds <= 0 or start_seconds < 0 or stall_timeout <= 0:
@@ -376,6 +379,7 @@ class Player:
                       "start_seconds": start_seconds}
         self.stall_timeout = stall_timeout
         self.open_timeout = open_timeout
+        self._popen = popen
         self._take: _Take | None = None
         self._underruns_before = 0
         self._lock = threading.Lock()  # one open/stop at a time
@@ -390,7 +394,7 @@ class Player:
         spec = self._spec if start_seconds is None else dict(self._spec, start_seconds=max(0.0, start_seconds))
         with self._lock:
             self._end_take()
-            self._take = _Take(spec, record, self.stall_timeout, self.open_timeout)
+            self._take = _Take(spec, record, self.stall_timeout, self.open_timeout, self._popen)
             log.info("audio device %s open at %d Hz in %.2f s", self._take.info["name"], self._take.sample_rate,
                      self._take.open_seconds)
 

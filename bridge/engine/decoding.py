@@ -24,7 +24,8 @@ from typing import Protocol
 
 import torch
 
-from bridge.engine.fast_decoder import DecoderState, FastDecoder, GraphedStep
+from bridge.engine.cuda_graphs import LogitGuard, device_errors
+from bridge.engine.fast_decoder import DecoderState, FastDecoder
 from bridge.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class ReferenceStepper:
 
 class FastStepper:
     """:class:`FastDecoder` with a cache sized for this generation; single positions replay a CUDA
-    graph on CUDA devices."""
+    graph on CUDA devices (``bridge/engine/cuda_graphs.py``: kept per shape, re-pointed at a new text)."""
 
     def __init__(self, fast: FastDecoder, cond: Conditioning, rows: int, capacity: int,
                  use_graph: bool = False) -> None:
@@ -119,30 +120,35 @@ class FastStepper:
         self.has_prefix = cond.prefix is not None
         if cond.prefix is not None:
             capacity += int(cond.prefix.shape[1])
-        self.state: DecoderState = fast.start(rows, capacity, cond.encoder_hidden_states,
-                                              cond.encoder_attention_mask, zero=use_graph)
-        self.rows = rows
-        self.graph = GraphedStep(fast, self.state, rows) if use_graph else None
+        self.graph = fast.graphs.lease(self, rows, capacity, cond.encoder_hidden_states,
+                                       cond.encoder_attention_mask) if use_graph else None
+        self.state: DecoderState = self.graph.state if self.graph is not None else fast.start(
+            rows, capacity, cond.encoder_hidden_states, cond.encoder_attention_mask)
+        self.guard = LogitGuard(deferred=fast.device.type == "cuda")
 
     def set_conditioning(self, cond: Conditioning) -> None:
         if cond.prefix is not None or self.has_prefix:
             raise ValueError("a prefix (melody) is part of the sequence: re-prompt to change it")
+        if self.graph is not None and self.graph.fits(cond.encoder_hidden_states):
+            self.graph.set_conditioning(cond.encoder_hidden_states, cond.encoder_attention_mask)
+            return
+        self.graph = None  # a text longer than the graph's buffers: eager from here, on the same cache
         self.fast.set_conditioning(self.state, cond.encoder_hidden_states, cond.encoder_attention_mask)
-        if self.graph is not None:  # the captured graph reads the old text's tensors
-            self.graph = GraphedStep(self.fast, self.state, self.rows)
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.graph is not None and self.state.length > 0 and input_ids.shape[-1] == 1:
-            try:
+        with device_errors():
+            if self.graph is not None and self.state.length > 0 and input_ids.shape[-1] == 1:
                 logits = self.graph(input_ids[:, :, 0], self.state.length)
-            except RuntimeError as exc:  # a capture this build or driver refuses: run eagerly instead
-                log.warning("CUDA graph capture failed, decoding without it: %s", exc)
-                self.graph = None
-            else:
-                self.state.length += 1
-                return logits
-        prefix, self.prefix = self.prefix, None
-        return self.fast.forward(self.state, input_ids, prefix=prefix)
+                if logits is not None:
+                    self.state.length += 1
+                    return self.guard(logits)
+                self.graph = None  # graphs are off for this process (a capture failed): eager
+            prefix, self.prefix = self.prefix, None
+            return self.guard(self.fast.forward(self.state, input_ids, prefix=prefix))
+
+    def finish(self) -> None:
+        """The end of a call's steps: a bad logit the deferred guard has not yet reported stops the job now."""
+        self.guard.check()
 
 
 def codebook_delays(num_codebooks: int, channels: int) -> list[int]:
@@ -180,7 +186,7 @@ class TokenLoop:
         """The stepper for one generation of ``rows`` sequences of up to ``capacity`` positions."""
         if self.fast is None or reference:
             return ReferenceStepper(self.decoder, cond, self.num_codebooks)
-        use_graph = self.cuda_graphs and self.fast.device.type == "cuda"
+        use_graph = self.cuda_graphs and self.fast.graphs.enabled
         return FastStepper(self.fast, cond, rows, capacity, use_graph=use_graph)
 
     def stream(self, cond: Conditioning, batch: int, capacity: int, guided: bool,
@@ -316,6 +322,8 @@ class TokenStream:
                     frames_out[:, :, frame] = self.codes[:, :, frame]
             if on_step is not None:
                 on_step(min(self.capacity, max(0, frame + 1)), self.steps)
+        if isinstance(self.step, FastStepper):
+            self.step.finish()  # a bad logit the GPU's deferred check has not reported yet
         return self.complete
 
 

@@ -24,8 +24,6 @@ tokens of one step into the logits of the next. Precisions (``weights``):
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,40 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from bridge.engine import kernels
+from bridge.engine.cuda_graphs import GraphCache
+from bridge.engine.machine import attention_fact, sdpa_dtype
 
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
-
-
-@functools.cache
-def sdpa_dtype(device_type: str, cache_dtype: torch.dtype, queries: str = "prompt") -> torch.dtype:
-    """The dtype torch's ``scaled_dot_product_attention`` is fastest in, on this machine, for a cache kept
-    in ``cache_dtype``: that dtype itself or fp32 (counting the casts). ``queries`` is ``"prompt"``
-    (many causal positions at once) or ``"step"`` (one position over a longer cache).
-
-    bf16 attention runs on AMX where the CPU has it and may be several times slower than fp32
-    elsewhere (measured on a Zen 4 EPYC, one query over 500 positions: 1.19 against 0.115 ms a layer),
-    and torch runs prompts and single queries through different kernels, so each kind is measured
-    apart, once per process (``functools.cache`` keeps the choice, not the timings). Only CPUs with a
-    bf16 or fp16 cache have a choice to make; the native int8 path uses the kernel's own attention for
-    steps and this only for prompts.
-    """
-    if device_type != "cpu" or cache_dtype == torch.float32:
-        return cache_dtype
-    gen = torch.Generator().manual_seed(0)
-    shape_q, shape_kv = ((2, 16, 128, 64), (2, 16, 128, 64)) if queries == "prompt" else ((2, 16, 1, 64),
-                                                                                           (2, 16, 512, 64))
-    q = torch.randn(shape_q, generator=gen).to(cache_dtype)
-    k, v = (torch.randn(shape_kv, generator=gen).to(cache_dtype) for _ in range(2))
-    best: dict[torch.dtype, float] = {}
-    with torch.inference_mode():
-        for _ in range(10):  # interleaved, the best of ten: the machine may be busy
-            for dtype in (cache_dtype, torch.float32):
-                started = time.perf_counter()
-                F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=queries == "prompt")
-                elapsed = time.perf_counter() - started
-                best[dtype] = min(best.get(dtype, elapsed), elapsed)
-    return min(best, key=best.__getitem__)
 
 
 def _has_mkldnn_linear() -> bool:
@@ -265,6 +234,7 @@ class FastDecoder:
         self.native_attention = native and self.head_dim % 16 == 0 and self.head_dim <= 256
         self.native_step = self.native_attention and self._whole_layers_native()
         self.norm_eps = self.layers[0].norm_self.eps
+        self.graphs = GraphCache(self)  # CUDA graphs of the single-position step, one per shape
 
     def _layer(self, layer: Any, weights: str, fuse: bool, native: bool) -> _Layer:
         def linear(weight: torch.Tensor) -> PackedLinear:
@@ -306,6 +276,11 @@ class FastDecoder:
             return f"{self.kernel.reason} for {native} of {len(linears)} linear layers (other shapes: torch's)"
         return self.kernel.reason
 
+    def facts(self) -> dict[str, str]:
+        """What decides this decoder's numbers, for the sidecar: weights, matrix kernel, attention dtype."""
+        return {"weights": self.weights, "kernel": self.describe(),
+                "attention": attention_fact(self.device.type, self.compute_dtype), "step": self.graphs.path()}
+
     def nbytes(self) -> int:
         """Bytes of weights this decoder reads (besides the checkpoint's own modules)."""
         total = self.embeddings.numel() * 4 + self.lm_heads.nbytes()
@@ -337,27 +312,35 @@ class FastDecoder:
                          encoder_attention_mask: torch.Tensor | None = None) -> None:
         """Project the text's keys and values into ``state`` (replacing any there): the positions already
         cached stay, the next ones attend to this text. Rows must match the state's."""
+        if self.has_cross and encoder_hidden_states is not None and state.keys:
+            if encoder_hidden_states.shape[0] != state.keys[0].shape[0]:
+                raise ValueError(f"the text has {encoder_hidden_states.shape[0]} rows, the decoder state "
+                                 f"{state.keys[0].shape[0]}")
+        state.cross, state.cross_mask = self.project_conditioning(encoder_hidden_states, encoder_attention_mask)
+        if self.native_step:
+            state.native_params = self._native_params(state)
+
+    @torch.inference_mode()
+    def project_conditioning(self, encoder_hidden_states: torch.Tensor | None,
+                             encoder_attention_mask: torch.Tensor | None = None
+                             ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+        """Each layer's text keys and values (rows, heads, T, head_dim) and the additive text mask."""
         cross: list[tuple[torch.Tensor, torch.Tensor]] = []
         cross_mask = None
         if self.has_cross and encoder_hidden_states is not None:
             states = encoder_hidden_states.to(self.device)
-            if state.keys and states.shape[0] != state.keys[0].shape[0]:
-                raise ValueError(f"the text has {states.shape[0]} rows, the decoder state "
-                                 f"{state.keys[0].shape[0]}")
             for layer in self.layers:
                 assert layer.k_cross is not None and layer.v_cross is not None
                 k = F.linear(states.to(layer.k_cross.dtype), layer.k_cross)
                 v = F.linear(states.to(layer.v_cross.dtype), layer.v_cross)
-                cross.append((self._split(k.to(self.compute_dtype)), self._split(v.to(self.compute_dtype))))
+                cross.append((self.split(k.to(self.compute_dtype)), self.split(v.to(self.compute_dtype))))
             if encoder_attention_mask is not None:
                 allowed = encoder_attention_mask.to(self.device).bool()[:, None, None, :]
                 # a float mask: a row with no text at all attends uniformly to zero values, giving zero,
                 # where a boolean mask would give NaN
                 cross_mask = torch.zeros(allowed.shape, dtype=self.compute_dtype, device=self.device)
                 cross_mask.masked_fill_(~allowed, torch.finfo(self.compute_dtype).min)
-        state.cross, state.cross_mask = cross, cross_mask
-        if self.native_step:
-            state.native_params = self._native_params(state)
+        return cross, cross_mask
 
     def _whole_layers_native(self) -> bool:
         """Whether every layer can run as one native call per step: every linear on the native int8
@@ -392,7 +375,7 @@ class FastDecoder:
                        layer.fc2.weight, layer.fc2.scales, state.keys[i], state.values[i]]
         return params
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
+    def split(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, T, D) -> (rows, heads, T, head_dim)."""
         rows, length = x.shape[0], x.shape[1]
         return x.view(rows, length, self.heads, self.head_dim).transpose(1, 2)
@@ -450,15 +433,15 @@ class FastDecoder:
             q, k, v = (proj(x) for proj in layer.qkv)
         end = start + length
         keys, values = state.keys[index], state.values[index]
-        keys[:, :, start:end] = self._split(k)
-        values[:, :, start:end] = self._split(v)
+        keys[:, :, start:end] = self.split(k)
+        values[:, :, start:end] = self.split(v)
         native = self.native_attention and length <= kernels.MAX_ROWS
         if native:
             # the native kernel reads the cache as stored (decoder_layers calls the same op)
             attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
         else:
-            adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
-            attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
+            adt = sdpa_dtype(self.device.type, dtype)
+            attn = F.scaled_dot_product_attention(self.split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
                                                   _cast(values[:, :, :end], adt), attn_mask=mask,
                                                   is_causal=length > 1 and start == 0)
             attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
@@ -472,93 +455,12 @@ class FastDecoder:
                 attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
                                                            state.cross_mask, False)
             else:
-                adt = sdpa_dtype(self.device.type, dtype, "step" if length == 1 else "prompt")
+                adt = sdpa_dtype(self.device.type, dtype)
                 text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
-                attn = F.scaled_dot_product_attention(self._split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
+                attn = F.scaled_dot_product_attention(self.split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
                                                       attn_mask=text_mask)
                 attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
             hidden = layer.out_cross.fused(_cast(attn, linear_dtype), residual=hidden)
         x = _cast(layer.norm_mlp(hidden), linear_dtype)
         inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
         return layer.fc2.fused(inner, residual=hidden)
-
-    # -- static shapes (CUDA graphs) --------------------------------------------------------------
-    @torch.inference_mode()
-    def static_step(self, state: DecoderState, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """One position at ``position`` (a 1-element long tensor on the device) with shapes that never
-        change: attention reads the whole cache under a mask, writes go through ``index_copy_``. No value
-        leaves the device, so the step can be captured in a CUDA graph. ``state`` must be ``zero``-made.
-        """
-        hidden = self.embeddings[0][tokens[:, 0]]
-        for book in range(1, self.num_codebooks):
-            hidden = hidden + self.embeddings[book][tokens[:, book]]
-        hidden = (hidden + self.positions.index_select(0, position))[:, None, :]
-        capacity = state.capacity
-        visible = torch.arange(capacity, device=self.device) <= position
-        mask = torch.zeros(capacity, dtype=self.compute_dtype, device=self.device)
-        mask = mask.masked_fill(~visible, torch.finfo(self.compute_dtype).min)[None, None, None, :]
-        dtype = self.compute_dtype
-        rows = hidden.shape[0]
-        for i, layer in enumerate(self.layers):
-            x = layer.norm_self(hidden).to(dtype)
-            if len(layer.qkv) == 1:
-                q, k, v = layer.qkv[0](x).split(self.hidden, dim=-1)
-            else:
-                q, k, v = (proj(x) for proj in layer.qkv)
-            state.keys[i].index_copy_(2, position, self._split(k))
-            state.values[i].index_copy_(2, position, self._split(v))
-            attn = F.scaled_dot_product_attention(self._split(q), state.keys[i], state.values[i], attn_mask=mask)
-            hidden = hidden + layer.out_self(attn.transpose(1, 2).reshape(rows, 1, self.hidden)).float()
-            if layer.q_cross is not None and layer.out_cross is not None and state.cross:
-                assert layer.norm_cross is not None
-                x = layer.norm_cross(hidden).to(dtype)
-                ck, cv = state.cross[i]
-                attn = F.scaled_dot_product_attention(self._split(layer.q_cross(x)), ck, cv,
-                                                      attn_mask=state.cross_mask)
-                hidden = hidden + layer.out_cross(attn.transpose(1, 2).reshape(rows, 1, self.hidden)).float()
-            x = layer.norm_mlp(hidden).to(dtype)
-            hidden = hidden + layer.fc2(layer.activation(layer.fc1(x))).float()
-        logits = self.lm_heads(self.final_norm(hidden).to(dtype))
-        return logits.float().view(-1, self.num_codebooks, self.vocab)
-
-
-class GraphedStep:
-    """The static step captured once in a CUDA graph and replayed per token (CUDA only).
-
-    Inputs are copied into fixed buffers and the logits read from a fixed one, so a replay costs one
-    launch and no host sync.
-    """
-
-    def __init__(self, decoder: FastDecoder, state: DecoderState, rows: int) -> None:
-        device = decoder.device
-        self.decoder = decoder
-        self.state = state
-        self.tokens = torch.zeros((rows, decoder.num_codebooks), dtype=torch.long, device=device)
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.graph: Any = None
-        self.logits: torch.Tensor | None = None
-
-    def __call__(self, tokens: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens, non_blocking=True)
-        if isinstance(position, torch.Tensor):
-            self.position.copy_(position, non_blocking=True)
-        else:
-            self.position.fill_(position)
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        assert self.logits is not None
-        return self.logits
-
-    def _capture(self) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            # warm-up runs write this same position, which the replay then overwrites
-            for _ in range(2):
-                self.decoder.static_step(self.state, self.tokens, self.position)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = self.decoder.static_step(self.state, self.tokens, self.position)
-        self.graph = graph

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from bridge.engine.codec_pieces import MPS_CONV_OUTPUT_LIMIT, limit_convs
 from bridge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,13 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
-    """The dtype of the model's modules: fp16 on CUDA (bf16 where asked), fp32 elsewhere unless asked
-    otherwise. With int8 the modules stay fp32: the int8 weights are the fast decoder's own copy."""
+    """The dtype of the model's modules: fp16 on CUDA and Apple's MPS (bf16 where asked), fp32 on the CPU
+    unless asked otherwise. With int8 the modules stay fp32: the int8 weights are the fast decoder's own
+    copy. (On MPS fp32 would hold musicgen-large in ~13 GB: a 16 GB Mac would swap.)"""
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32,
              "int4": torch.float32}
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if precision not in table:
         raise ModelError(f"unknown precision {precision!r}: use auto, fp32, fp16, bf16, int8 or int4")
     if precision in ("int8", "int4") and device.type != "cpu":
@@ -114,11 +116,11 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 
 def pick_precision(device: torch.device, precision: str = "auto") -> str:
     """How the fast decoder stores weights: int8 on CPU by default (weight-only, one scale per output
-    channel; see the README for what each precision trades), fp16 on CUDA, fp32 elsewhere."""
+    channel; see the README for what each precision trades), fp16 on CUDA and MPS, fp32 elsewhere."""
     pick_dtype(device, precision)  # checks the name and the device
     if precision != "auto":
         return precision
-    if device.type == "cuda":
+    if device.type in ("cuda", "mps"):
         return "fp16"
     if device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm"):
         return "int8"
@@ -294,6 +296,10 @@ def load_model(name: str, device: str = "auto", precision: str = "auto") -> Load
     model.eval()
     # The codec stays in fp32: it is cheap and half precision audibly degrades it.
     model.to(dev)
+    if dev.type == "mps":  # MPS refuses conv outputs over 65,536 samples: the codec computes in pieces
+        changed = limit_convs(model.audio_encoder, MPS_CONV_OUTPUT_LIMIT)
+        log.info("codec: %d convolutions compute in pieces of at most %d samples (MPS)", changed,
+                 MPS_CONV_OUTPUT_LIMIT)
     if dtype != torch.float32:
         model.text_encoder.to(dtype)
         model.decoder.to(dtype)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.app.jobs import NullListener
-from bridge.config import PRECISION_HELP
+from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP
 from bridge.errors import BadArgs
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
@@ -36,6 +36,8 @@ def add_parsers(sub: Any) -> None:
     jam.add_argument("--model", default=None, help="as for generate (default facebook/musicgen-small)")
     jam.add_argument("--device", default=None, help="auto, cpu, cuda, mps")
     jam.add_argument("--precision", default=None, help=PRECISION_HELP)
+    jam.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    jam.add_argument("--priority", default=None, help=PRIORITY_HELP)
     jam.add_argument("--output-dir", type=Path, default=None)
     jam.add_argument("--config", type=Path, default=None)
     jam.set_defaults(handler=_jam)

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bridge.compute import apply_threads, plan_compute, yield_this_thread
+from bridge.config import PRIORITY_HELP, THREADS_HELP
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "small-arch-random"
@@ -50,11 +53,15 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt of every run")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--priority", default="low", help=PRIORITY_HELP)
     p.add_argument("--no-baseline", action="store_true", help="time the bridge alone (no speedup then)")
     p.add_argument("--jam-segments", type=int, default=3, help="after the runs, time this many jam segments "
                    "(default 3; 0 skips): generation time over segment length, time to the first segment")
     p.add_argument("--jam-bars", type=int, default=1, help="bars per jam segment, at 120 bpm in 4/4 (default 1)")
+    p.add_argument("--beside-daw", action="store_true", help="instead: run a DAW stand-in (5.33 ms blocks, 2 ms of "
+                   "work each) alone, then beside the bridge at the old and the new compute defaults; report its "
+                   "missed deadlines and the bridge's real-time factor alone and beside it")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     p.set_defaults(handler=run_bench)
 
@@ -349,9 +356,21 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _run_beside_daw(args: argparse.Namespace) -> int:
+    from bridge.frontends import beside_daw  # noqa: PLC0415
+
+    plan_compute(args.threads, args.priority)  # bad values: refused before anything starts
+    result = beside_daw.measure(args)
+    result["machine"] = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    sys.stdout.write(beside_daw.format_table(result) + "\n")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        sys.stderr.write(f"wrote {args.json}\n")
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """The ``bench`` command."""
-    import torch  # noqa: PLC0415
 
     from bridge.errors import BadArgs  # noqa: PLC0415
 
@@ -359,10 +378,12 @@ def run_bench(args: argparse.Namespace) -> int:
         raise BadArgs("bench needs --seconds above 0 and --runs of at least 1")
     if args.jam_segments < 0 or not 1 <= args.jam_bars <= 8:
         raise BadArgs("--jam-segments must be 0 or more and --jam-bars from 1 to 8")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BadArgs("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    if args.beside_daw:
+        return _run_beside_daw(args)
+    # the bridge's own compute settings (bridge/compute.py), applied as the daemon applies them
+    plan = plan_compute(args.threads, args.priority)
+    apply_threads(plan)
+    priority = yield_this_thread(plan)
     err = sys.stderr
     err.write(f"loading {args.model} ...\n")
     bench = Bench(args.model, args.device, args.precision, args.prompt, args.seed, baseline=not args.no_baseline)
@@ -391,7 +412,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "runs": args.runs,
         "prompt": args.prompt,
         "seed": args.seed,
-        "machine": _machine(bench.device),
+        "machine": {**_machine(bench.device), "compute": plan.describe(), "priority": priority},
         "load_seconds": bench.load_seconds,
         "bridge_prepare_seconds": bench.prepare_seconds,
         "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

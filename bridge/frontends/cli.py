@@ -16,7 +16,8 @@ from typing import Any, NoReturn, TextIO
 
 from bridge import __version__
 from bridge.app.jobs import NullListener
-from bridge.config import PRECISION_HELP
+from bridge.compute import prepare_environment
+from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP
 from bridge.errors import BadArgs, BridgeError, exit_code
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
@@ -77,6 +78,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "tiny-random-melody, small-arch-random, ...); default facebook/musicgen-small")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default=None, help=PRECISION_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--priority", default=None, help=PRIORITY_HELP)
     p.add_argument("--output-dir", default=None, type=Path, help="where results go (default ~/MusicGenBridge/out)")
     p.add_argument("--config", default=None, type=Path, help="a YAML file of settings")
 
@@ -141,6 +144,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
     return load_config(args.config, overrides={
         "model": args.model, "device": args.device, "precision": args.precision, "output_dir": args.output_dir,
+        "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
     })
 
 
@@ -227,6 +231,7 @@ class ProgressListener(NullListener):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prepare_environment()  # before torch is imported: idle OpenMP threads sleep instead of spinning beside a DAW
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
-from bridge.config import PRECISION_HELP, Config
+from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP, Config
 from bridge.errors import BadArgs
 
 DEFAULT_PORT = Config.port
@@ -38,6 +38,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    "default facebook/musicgen-small")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--precision", default=None, help=PRECISION_HELP)
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--priority", default=None, help=PRIORITY_HELP)
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; any other needs --token)")
     p.add_argument("--port", type=int, default=None, help=f"UDP and TCP port (default {DEFAULT_PORT})")
     p.add_argument("--reply-port", type=int, default=None,
@@ -76,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
         "state_dir": getattr(args, "state_dir", None), "allow_dirs": getattr(args, "allow_dirs", None),
         "audio_device": getattr(args, "audio_device", None), "max_job_memory": getattr(args, "max_job_memory", None),
+        "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
     })
 
 
