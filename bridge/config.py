@@ -38,6 +38,7 @@ class Config:
     token: str | None = None
     audio_device: str | None = None
     state_dir: Path | None = None  # the job journal; None: beside the output folder (OUT.state)
+    link: bool = False  # join the Ableton Link session (needs the [link] extra)
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -52,6 +53,8 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name in ("port", "reply_port", "queue_size"):
         return int(value)
+    if name == "link":
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
     if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))
     del kind

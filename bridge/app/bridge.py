@@ -18,6 +18,7 @@ from typing import Any
 from bridge import __version__, audio
 from bridge.app import planning
 from bridge.app.jam import JamController
+from bridge.app.link import LinkSession
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
 from bridge.app.results import Chunk, JobResult
@@ -29,18 +30,33 @@ from bridge.errors import BadArgs, NotFound
 from bridge.options import Request
 
 
+def check_sync(request: Request, link: LinkSession | None) -> None:
+    """``sync`` is a jam's; ``sync link`` needs the Link session and takes its tempo from it."""
+    if request.mode != "jam":
+        raise BadArgs(f"sync {request.sync} is for a jam (/musicgen/jam/start): leave it out of this request")
+    if request.sync == "link":
+        if link is None:
+            raise BadArgs("sync link needs the bridge in an Ableton Link session: start it with --link "
+                          "(musicgen-bridge serve --link), or use sync free")
+        if request.bpm is not None:
+            raise BadArgs(f"bpm {request.bpm:g} cannot be given with sync link: the Link session sets the tempo "
+                          "(change it in the DAW); leave bpm out")
+
+
 class Bridge:
     """Owns the engine's services; every front end's job goes through it."""
 
     def __init__(self, engine: Engine, config: Config, presets: Any | None = None, *,
-                 output: OutputDevice | None = None, store: ResultStore | None = None) -> None:
+                 output: OutputDevice | None = None, store: ResultStore | None = None,
+                 link: LinkSession | None = None) -> None:
         self.engine = engine
         self.config = config
         self.presets = presets
         self.store = store if store is not None else ResultStore(config.resolved_output_dir())
         self.output = output if output is not None else OutputDevice(config.audio_device)
         self.renderer = Renderer(engine)
-        self.jam = JamController(engine, self.output, self.store, presets)
+        self.link = link
+        self.jam = JamController(engine, self.output, self.store, presets, link=link)
 
     @property
     def output_dir(self) -> Path:
@@ -81,6 +97,8 @@ class Bridge:
         if request.stream and (request.variations > 1 or request.include_prompt or request.normalize != "off"):
             raise BadArgs("stream 1 sends the audio as it is made, so it works with one variation, without "
                           "include_prompt and with normalize off: drop those options or use stream 0")
+        if request.sync != "free":
+            check_sync(request, self.link)
         if request.mode == "melody" and not self.engine.loaded.is_melody:
             raise BadArgs(
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from bridge import audio
+from bridge.app.jam_sync import run_synced_jam
+from bridge.app.link import BarClock
 from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
@@ -184,8 +186,9 @@ class JamController:
     """The running jam, if any: started by the worker, changed and stopped from any thread."""
 
     def __init__(self, engine: Engine | None, output: OutputDevice, store: ResultStore,
-                 presets: Any | None = None) -> None:
+                 presets: Any | None = None, link: BarClock | None = None) -> None:
         self.engine = engine
+        self.link = link
         self.output = output
         self.store = store
         self.presets = presets
@@ -245,7 +248,11 @@ class JamController:
         engine = self.engine
         if engine is None:
             raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
-        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **jam_fields(request)}).check()
+        clock = self.link if request.sync == "link" else None
+        if request.sync == "link" and clock is None:
+            raise BadArgs("sync link needs the bridge started with --link (musicgen-bridge serve --link)")
+        fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
+        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **fields}).check()
         with self._lock:
             if self._jam is not None:
                 raise Busy(f"a jam is already running (job {self._job_id}): stop it first")
@@ -267,12 +274,14 @@ class JamController:
             if on_warning is not None:
                 on_warning(message)
 
-        def announce(index: int, path: Path, start: float, seconds: float) -> None:
+        def announce(index: int, path: Path, start: float, seconds: float, beat: float = -1.0) -> None:
             if on_chunk is not None:
-                on_chunk(Chunk(index=index, path=path, start_seconds=start, seconds=seconds))
+                on_chunk(Chunk(index=index, path=path, start_seconds=start, seconds=seconds, beat=beat))
 
         try:
-            if request.play:
+            if clock is not None:
+                take = self._run_synced(jam, folder, should_stop, clock, request, announce, warn)
+            elif request.play:
                 with self.output.for_jam(on_stop=self._stop_from_output) as player:
                     take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
@@ -286,3 +295,13 @@ class JamController:
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)
+
+    def _run_synced(self, jam: Jam, folder: Path, should_stop: Callable[[], bool], clock: BarClock,
+                    request: Request, announce: Callable[..., None], warn: Callable[[str], None]) -> JamTake:
+        record = request.extra.get("record")
+        kwargs: dict[str, Any] = {"on_segment": announce, "for_seconds": request.seconds, "warn": warn,
+                                  "record": Path(record) if record else None, "make_resampler": StreamResampler}
+        if not request.play:
+            return run_synced_jam(jam, folder, should_stop, clock, **kwargs)
+        with self.output.for_jam(on_stop=self._stop_from_output) as player:
+            return run_synced_jam(jam, folder, should_stop, clock, player=player, **kwargs)

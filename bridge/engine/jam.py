@@ -103,6 +103,12 @@ class Jam:
     def settings(self) -> JamSettings:
         return self._settings
 
+    @property
+    def pending(self) -> JamSettings | None:
+        """The settings queued for the next segment, if any."""
+        with self._lock:
+            return self._pending
+
     def set(self, changes: Mapping[str, Any]) -> JamSettings:
         """Queue changes for the next segment; returns the settings that segment will use."""
         with self._lock:

@@ -11,6 +11,7 @@ from typing import Any
 from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP
 from bridge.frontends.cli_options import add_option_flags, options_from_args
+from bridge.frontends.osc.serve import add_link_argument
 from bridge.options import names
 
 
@@ -36,6 +37,8 @@ def add_parsers(sub: Any) -> None:
     jam.add_argument("--precision", default=None, help=PRECISION_HELP)
     jam.add_argument("--output-dir", type=Path, default=None)
     jam.add_argument("--config", type=Path, default=None)
+    add_option_flags(jam, ("sync",), jam=True)
+    add_link_argument(jam)
     jam.set_defaults(handler=_jam)
 
 
@@ -72,7 +75,7 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
-    options = {**options_from_args(args, names("jam")), "play": not args.no_play}
+    options = {**options_from_args(args, (*names("jam"), "sync")), "play": not args.no_play}
     # room for the longest pre-roll a slow machine may need, started by the jam
     output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
@@ -117,7 +120,7 @@ class _JamPrinter(NullListener):
 
     def chunk(self, job: Any, chunk: Any) -> None:
         del job
-        _announce(chunk.index, chunk.path, chunk.start_seconds)
+        _announce(chunk.index, chunk.path, chunk.start_seconds, chunk.beat)
 
     def warning(self, job: Any, message: str) -> None:
         del job
@@ -128,5 +131,6 @@ def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
-def _announce(index: int, path: Path, start: float) -> None:
-    sys.stderr.write(f"segment {index} at {start:.2f} s: {path}\n")
+def _announce(index: int, path: Path, start: float, beat: float = -1.0) -> None:
+    on_beat = f" (Link beat {beat:g})" if beat >= 0 else ""
+    sys.stderr.write(f"segment {index} at {start:.2f} s{on_beat}: {path}\n")

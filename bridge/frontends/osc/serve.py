@@ -56,6 +56,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="take a MIDI controller: a part of an input's name, or nothing for a virtual port "
                    "named musicgen-bridge (mido's backend: MIDO_BACKEND)")
     p.add_argument("--midi-bank", default=None, help="the preset bank the controller starts on (default: the first)")
+    add_link_argument(p)
+
+
+def add_link_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link", action="count", default=0, help="join the Ableton Link session (tempo, bar lines, "
+                   "start/stop) so a jam with `sync link` plays with the set; needs "
+                   "pip install 'musicgen-bridge[link]' (Ableton's Link, GPL)")
+
+
+def check_link_argument(args: argparse.Namespace) -> bool:
+    """``--link`` given once, and the Link wheel importable: before the (slow) model load."""
+    count = getattr(args, "link", 0) or 0
+    if count > 1:
+        raise BadArgs("--link was given twice: give it once")
+    if count:
+        from importlib.util import find_spec  # noqa: PLC0415
+
+        from bridge.app.link import INSTALL_HINT  # noqa: PLC0415
+
+        if find_spec("link") is None:
+            raise BadArgs(INSTALL_HINT)
+    return bool(count)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -65,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "model": args.model, "device": args.device, "precision": args.precision, "host": args.host,
         "port": args.port, "reply_port": args.reply_port, "output_dir": args.output_dir,
         "presets_dir": args.presets, "queue_size": args.queue, "token": args.token,
-        "state_dir": getattr(args, "state_dir", None),
+        "state_dir": getattr(args, "state_dir", None), "link": check_link_argument(args) or None,
     })
 
 
