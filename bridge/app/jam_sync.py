@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 PREROLL_SEGMENTS = 2
 START_MARGIN = 0.25  # seconds between the pre-roll being ready and the earliest bar line it may start on
-MIN_LEAD = 0.6  # seconds: a segment is begun at least this long before its bar line
+MIN_LEAD = 1.0  # seconds: a segment is begun at least this long before its bar line
 LEAD_PER_GENERATION = 2.0  # ... and at least this many times the slowest generation so far
 _POLL = 0.005
 
@@ -106,12 +106,13 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
     def lead() -> float:
         return max(MIN_LEAD, LEAD_PER_GENERATION * max(take.generation_seconds, default=0.0))
 
-    def wait_for(moment_ns: int) -> bool:
-        """Sleep until ``moment_ns`` on the set's clock; False when the set stopped or the jam was stopped."""
+    def wait_for(at: float, bpb: int) -> bool:
+        """Sleep until ``lead()`` before beat ``at`` (asked again each time: the tempo may change meanwhile);
+        False when the set stopped or the jam was stopped."""
         while not should_stop():
             if was_playing and clock.playing() is False:
                 return False
-            left = (moment_ns - clock.now_ns()) / 1e9
+            left = (clock.time_at_beat(at, bpb) - clock.now_ns()) / 1e9 - lead()
             if left <= 0:
                 return True
             time.sleep(min(_POLL, left))
@@ -131,7 +132,7 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
             was_playing = bool(playing) or was_playing
             bpb = jam.settings.beats_per_bar
             if beat is not None:
-                if not wait_for(clock.time_at_beat(beat, bpb) - int(lead() * 1e9)):
+                if not wait_for(beat, bpb):
                     continue
             tempo = clock.tempo()
             if abs(tempo - (jam.pending or jam.settings).bpm) > 1e-9:
@@ -168,7 +169,7 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
                     beat += ready.settings.bars * ready.settings.beats_per_bar
                 waiting.clear()
                 continue
-            if clock.time_at_beat(beat, bpb) < clock.now_ns() + int(START_MARGIN * 1e9 / 5):
+            if clock.time_at_beat(beat, bpb) < clock.now_ns():  # its bar line has passed: the next one
                 warn_once("late", "this machine generates slower than the set plays: the jam skips to the next "
                                   "bar line (fewer bars a segment, or a faster device, keep it on every bar)")
                 beat = clock.next_bar(clock.now_ns() + int(START_MARGIN * 1e9), bpb)

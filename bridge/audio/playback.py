@@ -67,6 +67,7 @@ from bridge.audio.playback_child import (
     STATUS_STRUCT,
     STOP,
     STOPPED,
+    TIMES,
     OutputDevice,
     receive,
     send,
@@ -157,6 +158,7 @@ class _Take:
         self.sent = 0  # frames sent to the child
         self.placements: list[Placement] = []  # scheduled takes: where each marked frame came out
         self.clock_line: tuple[float, float, float, float] | None = None  # the child's host-time filter
+        self.callback_times: list[np.ndarray] = []  # scheduled takes: each callback's (device frame, host ns)
         self.start_sent = False
         self._progress = threading.Condition()  # notified on each status from the child
         self._send_lock = threading.Lock()
@@ -219,6 +221,8 @@ class _Take:
                     self._keep_record(np.frombuffer(payload, dtype=np.float32).reshape(-1, self.channels))
                 elif kind == CLOCK:
                     self.clock_line = CLOCK_STRUCT.unpack(payload)
+                elif kind == TIMES:
+                    self.callback_times.append(np.frombuffer(payload, dtype=np.int64).reshape(-1, 2))
                 elif kind == PLACED:
                     self.placements.append(Placement(*PLACED_STRUCT.unpack(payload)))
                 elif kind == READY:
@@ -457,6 +461,12 @@ class Player:
     def placements(self) -> list[Placement]:
         """Where each marked frame came out in the device's sample clock, as the child reported it."""
         return list(self._take.placements) if self._take is not None else []
+
+    @property
+    def callback_times(self) -> np.ndarray:
+        """Scheduled takes: every callback's (first device frame, host ns it is heard at), an (n, 2) array."""
+        parts = self._take.callback_times if self._take is not None else []
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
     @property
     def clock_line(self) -> tuple[float, float, float, float] | None:

@@ -30,8 +30,8 @@ HEADER = struct.Struct("<cI")
 # Parent to child (MARK and FLUSH: scheduled takes, bridge.audio.schedule).
 OPEN, AUDIO, FINISH, START, STOP, MARK, FLUSH = b"O", b"A", b"F", b"S", b"X", b"M", b"L"
 # Child to parent (PLACED and CLOCK: scheduled takes).
-READY, ERROR, STARTED, STATUS, RECORD, DONE, STOPPED, PLACED, CLOCK = (b"R", b"E", b"T", b"P", b"C", b"D", b"Q",
-                                                                       b"W", b"K")
+READY, ERROR, STARTED, STATUS, RECORD, DONE, STOPPED, PLACED, CLOCK, TIMES = (
+    b"R", b"E", b"T", b"P", b"C", b"D", b"Q", b"W", b"K", b"J")
 MARK_STRUCT = struct.Struct("<qq")  # ring frame, host ns (CLOCK_MONOTONIC_RAW)
 PLACED_STRUCT = struct.Struct("<qqqq")  # ring frame, device frame, target device frame, host ns
 CLOCK_STRUCT = struct.Struct("<dddd")  # the filter's line: frame, host ns, ns per frame; RMS residual ns
@@ -233,6 +233,9 @@ class _ChildTake:
         if self.clock is None or self.placer is None:
             return
         self.clock.refit()
+        points = self.clock.new_points()
+        if points.shape[0]:
+            send(self.out_fd, TIMES, points.tobytes())  # each callback's (frame, host ns): for measuring
         while self.placer.placed:
             send(self.out_fd, PLACED, PLACED_STRUCT.pack(*self.placer.placed.popleft()))
         if self.clock.line is not None:

@@ -29,19 +29,24 @@ __all__ = ["HostTimeFilter", "Placement", "Placer"]
 
 
 class HostTimeFilter:
-    """A running least-squares line ``host_ns = t0 + (frame - f0) * ns_per_frame`` over the last ``size`` points.
+    """A running least-squares line ``host_ns = t0 + (frame - f0) * ns_per_frame`` over the last callbacks.
 
-    ``add`` is called from the audio callback (stores two numbers); ``refit`` from another thread.
+    The line is fitted to the callbacks of the last ``window_seconds`` of frames (at most ``size`` of them):
+    long enough to average the jitter away, short enough to follow a device clock that wanders (the JACK
+    dummy driver's pacing slips when the machine is busy). ``add`` is called from the audio callback (it
+    stores two numbers); ``refit`` from another thread.
     """
 
-    def __init__(self, rate: int, size: int = 512, min_points: int = 8) -> None:
+    def __init__(self, rate: int, size: int = 2048, min_points: int = 8, window_seconds: float = 2.0) -> None:
         self.rate = rate
+        self.window_frames = window_seconds * rate
         self.size = size
         self.min_points = min_points
         self._frames = np.zeros(size, dtype=np.float64)
         self._times = np.zeros(size, dtype=np.float64)
         self._count = 0
         self.line: tuple[float, float, float] | None = None  # (f0, t0, ns per frame), swapped whole
+        self._reported = 0  # points handed out by ``new_points``
         self.residual_ns = 0.0  # the fit's RMS residual: the callback jitter it smooths out
 
     def add(self, frame: int, host_ns: int) -> None:
@@ -50,6 +55,14 @@ class HostTimeFilter:
         self._times[i] = host_ns
         self._count += 1
 
+    def new_points(self) -> np.ndarray:
+        """The (frame, host ns) points added since the last call, as an (n, 2) int64 array (for measuring)."""
+        count = self._count - 1
+        start = max(self._reported, count - self.size + 1)
+        idx = np.arange(start, count) % self.size
+        self._reported = max(self._reported, count)
+        return np.stack([self._frames[idx], self._times[idx]], axis=1).astype(np.int64)
+
     def refit(self) -> None:
         count = self._count - 1  # the newest row may be half written
         n = min(count, self.size - 1)
@@ -57,6 +70,9 @@ class HostTimeFilter:
             return
         idx = np.arange(count - n, count) % self.size
         frames, times = self._frames[idx], self._times[idx]
+        recent = frames >= frames[-1] - self.window_frames
+        if int(recent.sum()) >= self.min_points:
+            frames, times = frames[recent], times[recent]
         f0, t0 = float(frames.mean()), float(times.mean())
         df, dt = frames - f0, times - t0
         denom = float(np.dot(df, df))
