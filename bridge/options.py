@@ -28,7 +28,7 @@ Mode = Literal["text", "continue", "melody", "jam"]
 MODES: tuple[str, ...] = ("text", "continue", "melody", "jam")
 FORMATS = ("wav", "flac")
 NORMALIZE = ("off", "peak", "lufs")
-SYNCS = ("free", "link")
+SYNCS = ("free", "link", "midi")
 
 MAX_SECONDS = 600.0
 MAX_VARIATIONS = 8
@@ -213,9 +213,10 @@ _TABLE = (
            "-1 dBFS, lufs to -14 LUFS (never clips)", _FILES, "off, peak or lufs", "output", choices=NORMALIZE),
     Option("context_seconds", float, 10.0, "(jam) how many seconds of its own past a jam segment continues from",
            frozenset(("job", "jam")), "a number of seconds, e.g. 10", "jam", low=1.0, high=25.0, unit=" s"),
-    Option("sync", str, "free", "(jam) what the jam keeps time with: free (its own bpm) or link (the Ableton Link "
-           "session's tempo, bar lines and start/stop; the bridge must run with --link, and bpm is left out)",
-           frozenset(("job",)), "free or link", "jam", choices=SYNCS),
+    Option("sync", str, "free", "(jam) what the jam keeps time with: free (its own bpm), link (the Ableton Link "
+           "session's tempo, bar lines and start/stop; the bridge runs with --link) or midi (MIDI clock, Start, "
+           "Continue and Song Position; the bridge runs with --midi); with link or midi, bpm is left out",
+           frozenset(("job",)), "free, link or midi", "jam", choices=SYNCS),
 )
 
 #: the one option table: name -> :class:`Option`, in the order help and the README list them

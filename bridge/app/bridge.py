@@ -19,6 +19,7 @@ from bridge import __version__, audio
 from bridge.app import planning
 from bridge.app.jam import JamController
 from bridge.app.link import LinkSession
+from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
 from bridge.app.results import Chunk, JobResult
@@ -30,17 +31,20 @@ from bridge.errors import BadArgs, NotFound
 from bridge.options import Request
 
 
-def check_sync(request: Request, link: LinkSession | None) -> None:
-    """``sync`` is a jam's; ``sync link`` needs the Link session and takes its tempo from it."""
+def check_sync(request: Request, link: LinkSession | None, midi: MidiClock | None = None) -> None:
+    """``sync`` is a jam's; ``sync link``/``midi`` need their clock and take the tempo from it."""
     if request.mode != "jam":
         raise BadArgs(f"sync {request.sync} is for a jam (/musicgen/jam/start): leave it out of this request")
-    if request.sync == "link":
-        if link is None:
-            raise BadArgs("sync link needs the bridge in an Ableton Link session: start it with --link "
-                          "(musicgen-bridge serve --link), or use sync free")
-        if request.bpm is not None:
-            raise BadArgs(f"bpm {request.bpm:g} cannot be given with sync link: the Link session sets the tempo "
-                          "(change it in the DAW); leave bpm out")
+    if request.sync == "link" and link is None:
+        raise BadArgs("sync link needs the bridge in an Ableton Link session: start it with --link "
+                      "(musicgen-bridge serve --link), or use sync free")
+    if request.sync == "midi" and (midi is None or not midi.attached):
+        raise BadArgs("sync midi needs MIDI clock: start the bridge with --midi and send it the DAW's clock "
+                      "(with Song Position), or use sync free")
+    if request.bpm is not None:
+        what = "the Link session" if request.sync == "link" else "MIDI clock"
+        raise BadArgs(f"bpm {request.bpm:g} cannot be given with sync {request.sync}: {what} sets the tempo "
+                      "(change it in the DAW); leave bpm out")
 
 
 class Bridge:
@@ -56,7 +60,8 @@ class Bridge:
         self.output = output if output is not None else OutputDevice(config.audio_device)
         self.renderer = Renderer(engine)
         self.link = link
-        self.jam = JamController(engine, self.output, self.store, presets, link=link)
+        self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
+        self.jam = JamController(engine, self.output, self.store, presets, link=link, midi=self.midi_clock)
 
     @property
     def output_dir(self) -> Path:
@@ -98,7 +103,7 @@ class Bridge:
             raise BadArgs("stream 1 sends the audio as it is made, so it works with one variation, without "
                           "include_prompt and with normalize off: drop those options or use stream 0")
         if request.sync != "free":
-            check_sync(request, self.link)
+            check_sync(request, self.link, self.midi_clock)
         if request.mode == "melody" and not self.engine.loaded.is_melody:
             raise BadArgs(
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "

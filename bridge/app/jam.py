@@ -34,6 +34,7 @@ import numpy as np
 from bridge import audio
 from bridge.app.jam_sync import run_synced_jam
 from bridge.app.link import BarClock
+from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
@@ -45,6 +46,7 @@ from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
 
+MIDI_CLOCK_WAIT = 10.0  # seconds a sync midi jam waits for clock pulses
 PREROLL_SEGMENTS = 2  # segments queued before playback starts on a machine faster than real time
 SLOW_MARGIN = 1.15  # pre-roll headroom over the measured speed
 _NEVER_BY_ITSELF = 1e9  # seconds: the runner, not the player, decides when playback starts
@@ -186,9 +188,10 @@ class JamController:
     """The running jam, if any: started by the worker, changed and stopped from any thread."""
 
     def __init__(self, engine: Engine | None, output: OutputDevice, store: ResultStore,
-                 presets: Any | None = None, link: BarClock | None = None) -> None:
+                 presets: Any | None = None, link: BarClock | None = None, midi: MidiClock | None = None) -> None:
         self.engine = engine
         self.link = link
+        self.midi = midi
         self.output = output
         self.store = store
         self.presets = presets
@@ -248,9 +251,7 @@ class JamController:
         engine = self.engine
         if engine is None:
             raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
-        clock = self.link if request.sync == "link" else None
-        if request.sync == "link" and clock is None:
-            raise BadArgs("sync link needs the bridge started with --link (musicgen-bridge serve --link)")
+        clock = self._clock_for(request.sync, is_cancelled)
         fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
         settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **fields}).check()
         with self._lock:
@@ -295,6 +296,24 @@ class JamController:
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)
+
+    def _clock_for(self, sync: str, is_cancelled: Callable[[], bool]) -> BarClock | None:
+        if sync == "link":
+            if self.link is None:
+                raise BadArgs("sync link needs the bridge started with --link (musicgen-bridge serve --link)")
+            return self.link
+        if sync == "midi":
+            midi = self.midi
+            if midi is None:
+                raise BadArgs("sync midi needs the bridge started with --midi")
+            deadline = time.monotonic() + MIDI_CLOCK_WAIT
+            while not midi.ready:  # a MIDI Start starts the jam: the clock's pulses follow it
+                if is_cancelled() or time.monotonic() > deadline:
+                    raise BadArgs(f"sync midi: no MIDI clock came within {MIDI_CLOCK_WAIT:g} s: start the DAW's "
+                                  "transport with MIDI clock sent to the bridge's port")
+                time.sleep(0.01)
+            return midi
+        return None
 
     def _run_synced(self, jam: Jam, folder: Path, should_stop: Callable[[], bool], clock: BarClock,
                     request: Request, announce: Callable[..., None], warn: Callable[[str], None]) -> JamTake:

@@ -56,6 +56,11 @@ class App:
         return getattr(self.bridge, "presets", None)
 
     @property
+    def midi_clock(self) -> Any:
+        """The MIDI clock a ``sync midi`` jam follows (:class:`bridge.app.midi_clock.MidiClock`), or None."""
+        return getattr(self.bridge, "midi_clock", None)
+
+    @property
     def link(self) -> LinkSession | None:
         """The Ableton Link session (``--link``), or None."""
         return getattr(self.bridge, "link", None)

@@ -157,6 +157,8 @@ def _open_midi(args: argparse.Namespace, app: Any) -> Any:
     bank = args.midi_bank or presets.banks()[0]
     mapper = MidiMapper(presets, bank)
     midi = MidiInput(mapper, MidiActions(app, mapper).apply, port=args.midi or None)
+    if app.midi_clock is not None:
+        app.midi_clock.attached = True  # a jam may now ask for sync midi
     sys.stderr.write(f"MIDI: listening on {midi.name}, bank {bank}\n")
     return midi
 
