@@ -64,6 +64,7 @@ class Peer:
     """The stand-in DAW, a separate process (started before the bridge's Link exists: spawn, never fork)."""
 
     def __init__(self, bpm: float) -> None:
+        self.lock = threading.Lock()
         self.proc = subprocess.Popen([sys.executable, str(HERE / "link_peer.py"), f"{bpm:g}"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None and self.proc.stdin is not None
@@ -72,9 +73,10 @@ class Peer:
 
     def say(self, line: str) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        self.proc.stdout.readline()
+        with self.lock:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            self.proc.stdout.readline()
 
     def close(self) -> None:
         try:
@@ -93,7 +95,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 
 def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, period: int,
-             out: Path) -> dict[str, Any]:
+             out: Path, glide_after: int = 2, glide_bars: int = 4, stop_after: int = 0) -> dict[str, Any]:
     from bridge.app.root import App
     from bridge.config import Config
 
@@ -105,6 +107,9 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
         link = app.link
         assert link is not None
         _wait(lambda: link.peers() >= 1 and abs(link.raw_tempo() - first_bpm) < 0.01, 20, "the Link peer")
+        if stop_after:
+            peer.say("play 1")  # the set plays (Link start/stop sync)
+            _wait(link.playing, 20, "the set to play")
         chunks: list[Any] = []
         warnings: list[str] = []
         seen: dict[str, int] = {}
@@ -114,8 +119,19 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
             seen["announced"] = len(chunks)
             seen["at_ns"] = link.now_ns()
 
+        def stop_and_start() -> None:
+            seen["stopped"] = len(chunks)
+            seen["stop_at_ns"] = link.now_ns()
+            peer.say("play 0")
+            time.sleep(1.5)  # the set stays stopped a while (the stimulus; nothing is asserted on this time)
+            peer.say("play 1")
+
         def on_chunk(chunk: Any) -> None:
             chunks.append(chunk)
+            if len(chunks) == stop_after:
+                threading.Thread(target=stop_and_start, daemon=True).start()
+            if len(chunks) == glide_after:
+                app.bridge.jam.set({"prompt": "bright bells", "glide_bars": glide_bars})
             if len(chunks) == change_after:
                 threading.Thread(target=watch_tempo, daemon=True).start()
                 peer.say(f"tempo {second_bpm:g}")
@@ -128,8 +144,12 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
         result = app.bridge.jam.run("sync", request, lambda: False, on_chunk=on_chunk, on_warning=warnings.append)
         player = app.output.player()
         take = result.take
-        return _analyse(take, chunks, seen, warnings, record, player.clock_line, player.callback_times,
-                        app.bridge.engine.sample_rate, first_bpm, second_bpm, change_after)
+        report = _analyse(take, chunks, seen, warnings, record, player.clock_line, player.callback_times,
+                          app.bridge.engine.sample_rate, first_bpm, second_bpm, change_after)
+        frame_rate = app.bridge.engine.loaded.frame_rate
+        report["glide_per_bar"] = _glide_per_bar(take.glide_log, round(frame_rate * 4 * 60.0 / first_bpm))
+        report["glide_bars"] = glide_bars
+        return report
     finally:
         if app is not None:
             app.close()
@@ -148,9 +168,11 @@ def _analyse(take: Any, chunks: list[Any], seen: dict[str, int], warnings: list[
     _f0, _t0, slope, residual = line
     segments = []
     start = 0
+    placements = [p for p in take.placements if p.ring_frame >= 0]
+    flushes = [p.device_frame for p in take.placements if p.ring_frame < 0]
     for i, chunk in enumerate(chunks):
         samples = int(sf.info(str(chunk.path)).frames)
-        placed = take.placements[i] if i < len(take.placements) else None
+        placed = placements[i] if i < len(placements) else None
         entry: dict[str, Any] = {"index": chunk.index, "beat": chunk.beat, "bpm": take.segment_bpm[i],
                                  "start_sample": start, "samples": samples}
         start += samples
@@ -168,11 +190,29 @@ def _analyse(take: Any, chunks: list[Any], seen: dict[str, int], warnings: list[
                          match_error=errs[best], bar_time_ns=host_ns, onset_error_ms=(heard_ns - host_ns) / 1e6,
                          generation_seconds=take.generation_seconds[i])
         segments.append(entry)
-    return {"segments": segments, "warnings": warnings, "underruns": take.underruns,
+    silent_after_stop = None
+    if flushes:
+        resumed = next((s["device_frame"] for s in segments if s.get("device_frame", 0) > flushes[0]), len(played))
+        silent_after_stop = bool(np.all(played[flushes[0]:resumed] == 0.0))
+    return {"segments": segments, "warnings": warnings, "underruns": take.underruns, "flush_frames": flushes,
+            "silent_after_stop": silent_after_stop, "stopped_after_announced": seen.get("stopped"),
+            "stop_at_ns": seen.get("stop_at_ns"),
             "change_after": change_after, "seen_after_announced": seen.get("announced"),
             "seen_at_ns": seen.get("at_ns"),
             "first_bpm": first_bpm, "second_bpm": second_bpm, "sample_rate": rate, "device_rate": device_rate,
             "filter_ns_per_frame": slope, "filter_residual_ms": residual / 1e6}
+
+
+def _glide_per_bar(log: list[tuple[int, float]], bar_frames: int) -> list[float]:
+    """The mean distance of the conditioning the decoder got from the new prompt's, bar by bar of the glide
+    (1: the old prompt's, 0: the new one's), from the jam's own log of what it set."""
+    if not log:
+        return []
+    first = log[0][0]
+    bars: dict[int, list[float]] = {}
+    for frame, distance in log:
+        bars.setdefault((frame - first) // bar_frames, []).append(distance)
+    return [round(sum(v) / len(v), 3) for _, v in sorted(bars.items())]
 
 
 def _local_time(times: np.ndarray, frame: int, rate: int) -> float:
@@ -210,6 +250,8 @@ def table(report: dict[str, Any]) -> str:
         f"| tempo change: bar lines after it until the new tempo is heard | {heard} | 1 |",
         f"| host-time filter: callback jitter it removes (RMS) | {report['filter_residual_ms']:.3f} ms | |",
         f"| device clock from the filter | {1e9 / report['filter_ns_per_frame']:.2f} Hz | {report['device_rate']} |",
+        f"| glide over {report['glide_bars']} bars: distance from the new prompt's conditioning, per bar | "
+        f"{', '.join(f'{d:.2f}' for d in report['glide_per_bar'])} | decreasing |",
         f"| underruns | {report['underruns']} | 0 |",
     ])
 
@@ -219,6 +261,8 @@ def main() -> int:
     parser.add_argument("--bars", type=int, default=16)
     parser.add_argument("--change-after", type=int, default=8)
     parser.add_argument("--period", type=int, default=256, help="JACK dummy period (frames)")
+    parser.add_argument("--stop-after", type=int, default=0, help="stop the set (Link start/stop) after this many "
+                        "segments and start it again 1.5 s later (0: never)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="keep the files here")
     args = parser.parse_args()
@@ -226,7 +270,7 @@ def main() -> int:
         sys.stderr.write("jam_sync needs jackd (jackd2)\n")
         return 2
     out = args.keep or Path(tempfile.mkdtemp(prefix="mgb-sync-"))
-    report = scenario(args.bars, args.change_after, 97.0, 110.0, args.period, out)
+    report = scenario(args.bars, args.change_after, 97.0, 110.0, args.period, out, stop_after=args.stop_after)
     print(json.dumps(report) if args.json else table(report))
     if args.keep is None:
         shutil.rmtree(out, ignore_errors=True)

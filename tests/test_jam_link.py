@@ -51,7 +51,8 @@ def in_netns(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
 @needs_netns
 @pytest.mark.skipif(shutil.which("jackd") is None, reason="needs jackd (jackd2) for the JACK dummy device")
 def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_line():
-    done = in_netns(f"{sys.executable} benchmarks/jam_sync.py --bars 6 --change-after 3 --json", timeout=280)
+    done = in_netns(f"{sys.executable} benchmarks/jam_sync.py --bars 8 --change-after 3 --stop-after 5 --json",
+                    timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     segments = report["segments"]
@@ -66,7 +67,11 @@ def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_lin
     # one bar after the other unless the bridge said it fell behind and skipped
     beats = [s["beat"] for s in segments]
     assert all(b == int(b) and int(b) % 4 == 0 for b in beats)
-    steps = {b - a for a, b in itertools.pairwise(beats)}
+    stopped = report["stopped_after_announced"]  # the set stopped after this many segments, then started again
+    [flush] = report["flush_frames"]
+    runs = ([s["beat"] for s in segments if s["device_frame"] < flush], [s["beat"] for s in segments
+                                                                         if s["device_frame"] > flush])
+    steps = {b - a for run in runs for a, b in itertools.pairwise(run)}
     assert steps == {4.0} or (min(steps) >= 4.0 and any("skips" in w for w in report["warnings"]))
     # the lengths are exact in samples at each tempo: one bar each, rounded on the tempo's own grid
     for bpm in (97.0, 110.0):
@@ -82,6 +87,14 @@ def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_lin
         assert s["match_error"] < 1e-3, s
         assert s["found_frame"] == s["device_frame"], s
         assert abs(s["device_frame"] - s["target_frame"]) <= tolerance, s
+    # the glide (from segment 2, over 4 bars) brought the conditioning closer to the new prompt's bar by bar
+    glide = report["glide_per_bar"]
+    assert len(glide) >= 3 and glide == sorted(glide, reverse=True) and glide[0] > glide[-1]
+    # the set stopped once (Link start/stop): the device went silent from the flush until the jam came back,
+    # on a bar line after the last one it played before the stop
+    assert report["silent_after_stop"] is True
+    back = [s for s in segments if s["device_frame"] > flush]
+    assert back and back[0]["beat"] > segments[stopped - 1]["beat"] and back[0]["index"] >= stopped
     # the device clock the child fitted is the device's (48 kHz within 0.5 %)
     assert abs(1e9 / report["filter_ns_per_frame"] - device_rate) < 0.005 * device_rate
 

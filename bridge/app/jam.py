@@ -295,6 +295,7 @@ class JamController:
         if is_cancelled():
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
+        take.glide_log = list(jam.glide_log)
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)
 
     def _clock_for(self, sync: str, is_cancelled: Callable[[], bool]) -> BarClock | None:

@@ -36,6 +36,7 @@ class JamTake:
     segment_beats: list[float] = field(default_factory=list)  # synced: the set's beat each segment starts on
     segment_bpm: list[float] = field(default_factory=list)  # synced: the tempo each segment was made at
     placements: list[Any] = field(default_factory=list)  # synced: bridge.audio.schedule.Placement per segment
+    glide_log: list[tuple[int, float]] = field(default_factory=list)  # (frame, distance from a glide's end)
 
     def slowest_ratio(self) -> float:
         """The largest generation time over segment length seen (above 1: slower than real time)."""

@@ -101,7 +101,10 @@ class HostTimeFilter:
 
 
 class Placement(NamedTuple):
-    """Where a marked ring frame came out: ``device_frame`` vs the ``target_frame`` its host time asked for."""
+    """Where a marked ring frame came out: ``device_frame`` vs the ``target_frame`` its host time asked for.
+
+    A flush is reported as ``ring_frame`` -1 at the device frame from which it silenced the device.
+    """
 
     ring_frame: int
     device_frame: int
@@ -118,6 +121,7 @@ class Placer:
         self.tolerance = tolerance
         self._markers: collections.deque[tuple[int, int]] = collections.deque()  # (ring frame, host ns)
         self._skip_to = 0
+        self._flush_asked = False
         self._lock = threading.Lock()  # markers come from the reader thread; held for a deque operation
         self.placed: collections.deque[Placement] = collections.deque()  # read and emptied by the reporter
         self.playing_segment = False  # a segment has been placed and its audio is due
@@ -131,6 +135,7 @@ class Placer:
         """Silence at once: everything written so far is dropped unplayed, with its markers."""
         with self._lock:
             self._skip_to = self.ring.written
+            self._flush_asked = True
             self._markers = collections.deque(m for m in self._markers if m[0] >= self._skip_to)
 
     def _next_marker(self) -> tuple[int, int] | None:
@@ -147,6 +152,10 @@ class Placer:
         done = 0
         ring = self.ring
         tol = self.tolerance
+        if self._flush_asked:
+            self._flush_asked = False
+            self.playing_segment = False
+            self.placed.append(Placement(-1, device_frame, device_frame, 0))
         while done < n:
             pos = ring.consumed
             if self._skip_to > pos:  # flushed: drop what was written before the flush
