@@ -168,13 +168,13 @@ def _analyse(take: Any, chunks: list[Any], seen: dict[str, int], warnings: list[
     _f0, _t0, slope, residual = line
     segments = []
     start = 0
-    placements = [p for p in take.placements if p.ring_frame >= 0]
+    by_ring = {p.ring_frame: p for p in take.placements if p.ring_frame >= 0}
     flushes = [p.device_frame for p in take.placements if p.ring_frame < 0]
     for i, chunk in enumerate(chunks):
         samples = int(sf.info(str(chunk.path)).frames)
-        placed = placements[i] if i < len(placements) else None
+        placed = by_ring.get(round(start * ratio))  # none: its bar line came after the set stopped (dropped)
         entry: dict[str, Any] = {"index": chunk.index, "beat": chunk.beat, "bpm": take.segment_bpm[i],
-                                 "start_sample": start, "samples": samples}
+                                 "start_sample": start, "samples": samples, "dropped": placed is None}
         start += samples
         if placed is not None:
             ring, device, target, host_ns = placed
