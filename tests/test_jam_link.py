@@ -188,3 +188,82 @@ def test_link_state_without_link_answers_disabled_over_udp(osc_server):
     _server, client = osc_server()
     client.send("/musicgen/link")
     assert client.expect("/musicgen/link").args == (0, 0, 0.0, -1.0, 0)
+
+
+SERVE_CHECKS = r"""
+import json, socket, subprocess, sys, time
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+assert peer.stdout.readline().strip() == "ready"
+replies = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+replies.bind(("127.0.0.1", 0))
+replies.settimeout(0.5)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+daemon = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--link", "--model", "tiny-random", "--port",
+                           str(port), "--reply-port", str(replies.getsockname()[1]), "--output-dir", OUT],
+                          stderr=subprocess.PIPE, text=True)
+banner = ""
+while "Ctrl-C stops" not in banner:
+    banner = daemon.stderr.readline()
+    assert banner, "the daemon exited"
+link_line = daemon.stderr.readline()
+
+def send(address, *args):
+    msg = OscMessageBuilder(address)
+    for a in args:
+        msg.add_arg(a)
+    replies.sendto(msg.build().dgram, ("127.0.0.1", port))
+
+def expect(address, deadline=60):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            m = OscMessage(replies.recv(65536))
+        except TimeoutError:
+            continue
+        if m.address == address:
+            return list(m.params)
+    raise AssertionError("no " + address)
+
+out = {"link_line": link_line.strip()}
+state = None
+for _ in range(200):
+    send("/musicgen/link")
+    state = expect("/musicgen/link")
+    if state[1] >= 1 and abs(state[2] - 97) < 0.01:
+        break
+    time.sleep(0.05)
+out["link"] = state
+send("/musicgen/jam/start", "j1", "lofi", "sync", "link", "bpm", 100.0)
+out["bpm_fail"] = expect("/musicgen/fail")
+send("/musicgen/jam/start", "j2", "lofi", "sync", "link", "bars", 1, "play", 0)
+out["segments"] = [expect("/musicgen/jam/segment") for _ in range(3)]
+send("/musicgen/jam/stop")
+out["done"] = expect("/musicgen/done")
+daemon.terminate(); daemon.wait(30)
+peer.stdin.write("quit\n"); peer.stdin.flush(); peer.wait(10)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@needs_netns
+def test_serve_with_link_answers_link_state_and_jams_on_the_sessions_bar_lines(tmp_path):
+    script = tmp_path / "serve_checks.py"
+    script.write_text(f"OUT = {json.dumps(str(tmp_path / 'out'))}\n" + SERVE_CHECKS, encoding="utf-8")
+    done = in_netns(f"{sys.executable} {script}", timeout=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["link_line"].startswith("Ableton Link: in the session")
+    enabled, peers, bpm, beat, playing = out["link"]
+    assert (enabled, peers, playing) == (1, 1, 0) and abs(bpm - 97) < 0.01 and beat >= 0
+    assert out["bpm_fail"][:3] == ["/musicgen/jam/start", "j1", "bad_args"]
+    assert "cannot be given with sync link" in out["bpm_fail"][3]
+    beats = [s[3] for s in out["segments"]]
+    assert [s[:2] for s in out["segments"]] == [["j2", 0], ["j2", 1], ["j2", 2]]
+    assert all(b == int(b) and int(b) % 4 == 0 for b in beats) and beats == [beats[0], beats[0] + 4, beats[0] + 8]
+    assert out["done"][:2] == ["/musicgen/jam/start", "j2"]

@@ -132,6 +132,9 @@ def run_serve(args: argparse.Namespace) -> int:
             sys.stderr.write(f"musicgen-bridge {__version__}: {info['model']} on {info['device']} "
                              f"({info.get('precision', info['dtype'])}, {info.get('kernel', '')}); OSC (UDP and TCP) "
                              f"on {config.host}:{server.port}, replies to port {config.reply_port}. Ctrl-C stops.\n")
+            if app.link is not None:
+                sys.stderr.write(f"Ableton Link: in the session ({app.link.peers()} other peer(s) so far, "
+                                 f"{app.link.tempo():g} bpm): jams with `sync link` play on its bar lines\n")
             sys.stderr.flush()
             while not stop.wait(0.5):
                 pass
