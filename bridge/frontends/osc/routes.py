@@ -341,7 +341,7 @@ def jam_start(ctx: Context, *, job_id: str, prompt: str, options: dict[str, Any]
 
 @routes.add("/musicgen/jam/set", options="raw")
 def jam_set(ctx: Context, *, settings: list[Any]) -> None:
-    """Change the jam (prompt, preset bank/name, temperature, guidance, bpm, bars, ...) from its next segment on.
+    """Change the jam (prompt, preset bank/name, temperature, guidance, bpm, bars, ...) from its next segment on (`glide_bars N`: glide there over N bars).
 
     Replies: `/musicgen/jam/set <key> <value> ...` with the settings the next segment will use
     """
