@@ -76,7 +76,7 @@ print(json.dumps({"chunks": chunks, "sent": sent, "bpm": getattr(getattr(take, "
 def test_song_position_and_continue_put_every_segment_on_a_bar_of_the_song(jack_server, tmp_path):
     bank = tmp_path / "presets"
     bank.mkdir()
-    (bank / "sync.yaml").write_text("bank: sync\npresets:\n  pad: {prompt: warm pad, bpm: 120, bars: 1}\n",
+    (bank / "sync.yaml").write_text("bank: sync\npresets:\n  pad: {prompt: warm pad, bpm: 90, bars: 1}\n",
                                     encoding="utf-8")
     script = f"OUT = {str(tmp_path / 'out')!r}\nPRESETS = {str(bank)!r}\n" + textwrap.dedent(SCRIPT)
     env = dict(jack_server.env, MIDO_BACKEND=JACK_MIDI)
@@ -87,7 +87,8 @@ def test_song_position_and_continue_put_every_segment_on_a_bar_of_the_song(jack_
     assert report["result"] == "done", report["result"]
     chunks, sent = report["chunks"], report["sent"]
     assert len(chunks) >= 3
-    assert set(report["bpm"]) == {120.0}  # the clock's tempo, not a bpm of the request
+    # the clock's tempo (the sender's sleeps jitter on a busy machine), not the preset's 90
+    assert all(abs(bpm - 120.0) < 1.5 for bpm in report["bpm"]), report["bpm"]
     beats = [c["beat"] for c in chunks]
     assert all(b == int(b) and int(b) % 4 == 0 for b in beats) and beats == sorted(beats)
     for chunk in chunks:

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 PREROLL_SEGMENTS = 2
 START_MARGIN = 0.25  # seconds between the pre-roll being ready and the earliest bar line it may start on
-MIN_LEAD = 1.0  # seconds: a segment is begun at least this long before its bar line
+MIN_LEAD = 1.5  # seconds: a segment is begun at least this long before its bar line
 LEAD_PER_GENERATION = 2.0  # ... and at least this many times the slowest generation so far
 _POLL = 0.005
 
