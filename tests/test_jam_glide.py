@@ -82,3 +82,22 @@ def test_the_glide_is_a_straight_line_between_texts_of_different_lengths():
     assert (g, t, distance) == (4.0, 0.75, pytest.approx(0.5))
     assert glide.at(100)[0].encoder_hidden_states.shape == (2, 5, 4) and glide.at(200)[0] is long
     assert glide.at(100)[3] == pytest.approx(1.0) and glide.at(250)[3] == 0.0
+
+
+def test_a_preset_glides_in_when_glide_bars_comes_with_it(tiny_engine, tmp_path):
+    from pathlib import Path
+
+    from bridge.app.jam import JamController
+    from bridge.app.output import OutputDevice
+    from bridge.app.presets import PresetLibrary
+    from bridge.app.store import ResultStore
+
+    library = PresetLibrary.load(Path(__file__).resolve().parent.parent / "presets")
+    controller = JamController(tiny_engine, OutputDevice(), ResultStore(tmp_path), library)
+    jam = _jam(tiny_engine)
+    controller._jam = jam  # as while a jam runs (the worker's run() sets it)
+    jam.next_segment()
+    applied = controller.set({"preset": "lofi/keys", "glide_bars": 2})
+    assert applied["glide_bars"] == 2 and applied["prompt"] == library.get("lofi", "keys").prompt
+    jam.next_segment()
+    assert jam.glide_log and jam.glide_log[0][1] > 0.8  # gliding from the old prompt, not jumped
