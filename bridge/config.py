@@ -48,6 +48,7 @@ class Config:
     max_job_memory: int | None = None  # MB one job may hold at its peak; None: half the machine's memory
     threads: int | None = None  # compute threads; None: physical cores minus one (bridge/compute.py)
     priority: str = "low"  # the compute thread's priority: low (yields to a DAW), nice or normal
+    link: bool = False  # join the Ableton Link session (needs the [link] extra)
 
     def resolved_output_dir(self) -> Path:
         return Path(os.path.expanduser(str(self.output_dir))).resolve()
@@ -62,6 +63,8 @@ def _coerce(name: str, value: Any) -> Any:
         return None
     if name in ("port", "reply_port", "queue_size", "max_job_memory", "threads"):
         return int(value)
+    if name == "link":
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
     if name in ("output_dir", "presets_dir", "state_dir"):
         return Path(str(value))
     if name == "allow_dirs":  # a YAML list, or the environment's folders separated like PATH

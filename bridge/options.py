@@ -30,6 +30,7 @@ Mode = Literal["text", "continue", "melody", "jam"]
 MODES: tuple[str, ...] = ("text", "continue", "melody", "jam")
 FORMATS = ("wav", "flac")
 NORMALIZE = ("off", "peak", "lufs")
+SYNCS = ("free", "link", "midi")
 
 MAX_SECONDS = 600.0
 MAX_VARIATIONS = 8
@@ -215,6 +216,13 @@ _TABLE = (
            "-1 dBFS, lufs to -14 LUFS (never clips)", _FILES, "off, peak or lufs", "output", choices=NORMALIZE),
     Option("context_seconds", float, 10.0, "(jam) how many seconds of its own past a jam segment continues from",
            frozenset(("job", "jam")), "a number of seconds, e.g. 10", "jam", low=1.0, high=25.0, unit=" s"),
+    Option("glide_bars", int, 0, "(jam) a new prompt, guidance or temperature glides in over this many bars (the "
+           "decoder's cross-attention moves from the old text to the new step by step); 0 jumps at the next segment",
+           frozenset(("jam",)), "a whole number of bars, e.g. 4 (0 jumps)", "jam", low=0, high=64),
+    Option("sync", str, "free", "(jam) what the jam keeps time with: free (its own bpm), link (the Ableton Link "
+           "session's tempo, bar lines and start/stop; the bridge runs with --link) or midi (MIDI clock, Start, "
+           "Continue and Song Position; the bridge runs with --midi); with link or midi, bpm is left out",
+           frozenset(("job",)), "free, link or midi", "jam", choices=SYNCS),
 )
 
 #: the one option table: name -> :class:`Option`, in the order help and the README list them
@@ -336,6 +344,7 @@ class Request:
     format: str = default("format")
     normalize: str = default("normalize")
     context_seconds: float = default("context_seconds")
+    sync: str = default("sync")
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_options(self, options: Mapping[str, Any]) -> Request:

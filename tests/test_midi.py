@@ -18,7 +18,16 @@ from bridge.app.jobs import JobKind, JobQueue
 from bridge.app.presets import PresetLibrary
 from bridge.app.results import JobResult
 from bridge.errors import BadArgs
-from bridge.frontends.midi import FirePreset, MidiActions, MidiMapper, SetParam, SetTempo, SwitchBank, Transport
+from bridge.frontends.midi import (
+    FirePreset,
+    MidiActions,
+    MidiMapper,
+    SetParam,
+    SetTempo,
+    SongPosition,
+    SwitchBank,
+    Transport,
+)
 from bridge.options import Request
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
@@ -124,7 +133,8 @@ def test_clock_follows_a_tempo_change_and_ignores_a_pause():
 
 def test_start_and_stop_are_transport(mapper):
     assert mapper.handle(mido.Message("start")) == [Transport("start")]
-    assert mapper.handle(mido.Message("continue")) == [Transport("start")]
+    assert mapper.handle(mido.Message("continue")) == [Transport("continue")]
+    assert mapper.handle(mido.Message("songpos", pos=24)) == [SongPosition(24)]
     assert mapper.handle(mido.Message("stop")) == [Transport("stop")]
 
 

@@ -19,6 +19,8 @@ from bridge import __version__, audio
 from bridge.app import planning
 from bridge.app.budget import Limits, check_cost, job_cost, prompt_tail_seconds
 from bridge.app.jam import JamController
+from bridge.app.link import LinkSession
+from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
 from bridge.app.results import Chunk, JobResult
@@ -33,11 +35,28 @@ from bridge.options import Request
 PLAY_ZERO = "send it again with play 0 to get the file without playing it"
 
 
+def check_sync(request: Request, link: LinkSession | None, midi: MidiClock | None = None) -> None:
+    """``sync`` is a jam's; ``sync link``/``midi`` need their clock and take the tempo from it."""
+    if request.mode != "jam":
+        raise BadArgs(f"sync {request.sync} is for a jam (/musicgen/jam/start): leave it out of this request")
+    if request.sync == "link" and link is None:
+        raise BadArgs("sync link needs the bridge in an Ableton Link session: start it with --link "
+                      "(musicgen-bridge serve --link), or use sync free")
+    if request.sync == "midi" and (midi is None or not midi.attached):
+        raise BadArgs("sync midi needs MIDI clock: start the bridge with --midi and send it the DAW's clock "
+                      "(with Song Position), or use sync free")
+    if request.bpm is not None:
+        what = "the Link session" if request.sync == "link" else "MIDI clock"
+        raise BadArgs(f"bpm {request.bpm:g} cannot be given with sync {request.sync}: {what} sets the tempo "
+                      "(change it in the DAW); leave bpm out")
+
+
 class Bridge:
     """Owns the engine's services; every front end's job goes through it."""
 
     def __init__(self, engine: Engine, config: Config, presets: Any | None = None, *,
-                 output: OutputDevice | None = None, store: ResultStore | None = None) -> None:
+                 output: OutputDevice | None = None, store: ResultStore | None = None,
+                 link: LinkSession | None = None) -> None:
         self.engine = engine
         self.config = config
         self.compute = plan_compute(config.threads, config.priority)
@@ -45,7 +64,9 @@ class Bridge:
         self.store = store if store is not None else ResultStore(config.resolved_output_dir())
         self.output = output if output is not None else OutputDevice(config.audio_device)
         self.renderer = Renderer(engine)
-        self.jam = JamController(engine, self.output, self.store, presets)
+        self.link = link
+        self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
+        self.jam = JamController(engine, self.output, self.store, presets, link=link, midi=self.midi_clock)
         self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
 
     @property
@@ -91,6 +112,8 @@ class Bridge:
         if request.stream and (request.variations > 1 or request.include_prompt or request.normalize != "off"):
             raise BadArgs("stream 1 sends the audio as it is made, so it works with one variation, without "
                           "include_prompt and with normalize off: drop those options or use stream 0")
+        if request.sync != "free":
+            check_sync(request, self.link, self.midi_clock)
         if request.mode == "melody" and not self.engine.loaded.is_melody:
             raise BadArgs(
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "

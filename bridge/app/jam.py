@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 from bridge import audio
+from bridge.app.jam_sync import run_synced_jam
+from bridge.app.link import BarClock
+from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
@@ -43,6 +46,7 @@ from bridge.options import Request, jam_fields
 
 log = logging.getLogger(__name__)
 
+MIDI_CLOCK_WAIT = 10.0  # seconds a sync midi jam waits for clock pulses
 PREROLL_SEGMENTS = 2  # segments queued before playback starts on a machine faster than real time
 SLOW_MARGIN = 1.15  # pre-roll headroom over the measured speed
 _NEVER_BY_ITSELF = 1e9  # seconds: the runner, not the player, decides when playback starts
@@ -187,8 +191,10 @@ class JamController:
     """The running jam, if any: started by the worker, changed and stopped from any thread."""
 
     def __init__(self, engine: Engine | None, output: OutputDevice, store: ResultStore,
-                 presets: Any | None = None) -> None:
+                 presets: Any | None = None, link: BarClock | None = None, midi: MidiClock | None = None) -> None:
         self.engine = engine
+        self.link = link
+        self.midi = midi
         self.output = output
         self.store = store
         self.presets = presets
@@ -248,7 +254,9 @@ class JamController:
         engine = self.engine
         if engine is None:
             raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
-        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **jam_fields(request)}).check()
+        clock = self._clock_for(request.sync, is_cancelled)
+        fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
+        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **fields}).check()
         with self._lock:
             if self._jam is not None:
                 raise Busy(f"a jam is already running (job {self._job_id}): stop it first")
@@ -270,9 +278,9 @@ class JamController:
             if on_warning is not None:
                 on_warning(message)
 
-        def announce(index: int, path: Path, start: float, seconds: float) -> None:
+        def announce(index: int, path: Path, start: float, seconds: float, beat: float = -1.0) -> None:
             if on_chunk is not None:
-                on_chunk(Chunk(index=index, path=path, start_seconds=start, seconds=seconds))
+                on_chunk(Chunk(index=index, path=path, start_seconds=start, seconds=seconds, beat=beat))
 
         try:
             if request.play:
@@ -281,6 +289,9 @@ class JamController:
                 except NoAudioDevice as exc:
                     raise NoAudioDevice(f"{exc.message}; or start the jam with play 0 (on the command line: "
                                         "--no-play) to write its segments without playing them") from None
+            if clock is not None:
+                take = self._run_synced(jam, folder, should_stop, clock, request, announce, warn)
+            elif request.play:
                 with self.output.for_jam(on_stop=self._stop_from_output) as player:
                     take = run_jam(jam, folder, should_stop, player=player, on_segment=announce,
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
@@ -295,4 +306,33 @@ class JamController:
             raise Cancelled("the jam was cancelled")
         take.stopped_by = self._stopped_by
         take.seed = settings.seed
+        take.glide_log = list(jam.glide_log)
         return JobResult(paths=[take.path], seconds=take.seconds, sample_rate=rate, take=take)
+
+    def _clock_for(self, sync: str, is_cancelled: Callable[[], bool]) -> BarClock | None:
+        if sync == "link":
+            if self.link is None:
+                raise BadArgs("sync link needs the bridge started with --link (musicgen-bridge serve --link)")
+            return self.link
+        if sync == "midi":
+            midi = self.midi
+            if midi is None:
+                raise BadArgs("sync midi needs the bridge started with --midi")
+            deadline = time.monotonic() + MIDI_CLOCK_WAIT
+            while not midi.ready:  # a MIDI Start starts the jam: the clock's pulses follow it
+                if is_cancelled() or time.monotonic() > deadline:
+                    raise BadArgs(f"sync midi: no MIDI clock came within {MIDI_CLOCK_WAIT:g} s: start the DAW's "
+                                  "transport with MIDI clock sent to the bridge's port")
+                time.sleep(0.01)
+            return midi
+        return None
+
+    def _run_synced(self, jam: Jam, folder: Path, should_stop: Callable[[], bool], clock: BarClock,
+                    request: Request, announce: Callable[..., None], warn: Callable[[str], None]) -> JamTake:
+        record = request.extra.get("record")
+        kwargs: dict[str, Any] = {"on_segment": announce, "for_seconds": request.seconds, "warn": warn,
+                                  "record": Path(record) if record else None, "make_resampler": StreamResampler}
+        if not request.play:
+            return run_synced_jam(jam, folder, should_stop, clock, **kwargs)
+        with self.output.for_jam(on_stop=self._stop_from_output) as player:
+            return run_synced_jam(jam, folder, should_stop, clock, player=player, **kwargs)

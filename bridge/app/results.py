@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,7 @@ class Chunk:
     path: Path
     start_seconds: float
     seconds: float
+    beat: float = -1.0  # a synced jam: the set's beat its first sample is heard on (-1: sync free)
 
 
 @dataclass
@@ -32,6 +34,10 @@ class JamTake:
     preroll_seconds: float = 0.0  # audio queued when playback started
     stopped_by: str = ""  # "" (asked to stop or ran its length), "output stop", "cancel"
     seed: int | None = None  # the seed the jam started from (drawn at random when not asked)
+    segment_beats: list[float] = field(default_factory=list)  # synced: the set's beat each segment starts on
+    segment_bpm: list[float] = field(default_factory=list)  # synced: the tempo each segment was made at
+    placements: list[Any] = field(default_factory=list)  # synced: bridge.audio.schedule.Placement per segment
+    glide_log: list[tuple[int, float]] = field(default_factory=list)  # (frame, distance from a glide's end)
 
     def slowest_ratio(self) -> float:
         """The largest generation time over segment length seen (above 1: slower than real time)."""

@@ -17,6 +17,7 @@ from bridge.app.bridge import Bridge
 from bridge.app.jam import JamController
 from bridge.app.jobs import JobListener, JobQueue, Runner
 from bridge.app.journal import Journal, Recovery, default_state_folder
+from bridge.app.link import LinkSession
 from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
 from bridge.app.storage import remove_stale_temporaries
@@ -55,6 +56,16 @@ class App:
     def presets(self) -> PresetLibrary | None:
         return getattr(self.bridge, "presets", None)
 
+    @property
+    def midi_clock(self) -> Any:
+        """The MIDI clock a ``sync midi`` jam follows (:class:`bridge.app.midi_clock.MidiClock`), or None."""
+        return getattr(self.bridge, "midi_clock", None)
+
+    @property
+    def link(self) -> LinkSession | None:
+        """The Ableton Link session (``--link``), or None."""
+        return getattr(self.bridge, "link", None)
+
     @classmethod
     def build(cls, config: Config, *, listener: JobListener | None = None, engine: Engine | None = None,
               presets: PresetLibrary | None = None, output: OutputDevice | None = None,
@@ -67,16 +78,20 @@ class App:
         if presets is None:
             presets = load_presets(config.presets_dir)
         opened = open_journal(config) if journal else None
+        link: LinkSession | None = None
         try:
             if engine is None:
                 apply_threads(plan_compute(config.threads, config.priority))
                 engine = Engine(load_model(config.model, device=config.device, precision=config.precision))
             if output is None:  # its playback children start at this (the main) thread's priority
                 output = OutputDevice(config.audio_device, popen=Launcher().popen)
-            bridge = Bridge(engine, config, presets, output=output)
+            link = LinkSession.join() if config.link else None  # after the model: no fork once Link exists
+            bridge = Bridge(engine, config, presets, output=output, link=link)
         except BaseException:
             if opened is not None:
                 opened[0].close()
+            if link is not None:
+                link.close()
             raise
         app = cls.around(config, bridge, listener=listener, journal=opened[0] if opened else None)
         app.recovery = opened[1] if opened else None
@@ -102,6 +117,8 @@ class App:
         """Cancel and report every job, then let go of the output device."""
         self.jobs.close(timeout)
         self.output.close()
+        if self.link is not None:
+            self.link.close()
         if self.journal is not None:
             self.journal.close()
 

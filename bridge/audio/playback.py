@@ -49,11 +49,18 @@ from bridge.audio.playback_child import (
     C_STARTED,
     C_UNDERRUN_FRAMES,
     C_UNDERRUNS,
+    CLOCK,
+    CLOCK_STRUCT,
     COUNTERS,
     DONE,
     ERROR,
     FINISH,
+    FLUSH,
+    MARK,
+    MARK_STRUCT,
     OPEN,
+    PLACED,
+    PLACED_STRUCT,
     READY,
     RECORD,
     START,
@@ -61,10 +68,12 @@ from bridge.audio.playback_child import (
     STATUS_STRUCT,
     STOP,
     STOPPED,
+    TIMES,
     OutputDevice,
     receive,
     send,
 )
+from bridge.audio.schedule import Placement
 from bridge.errors import BadArgs, BadAudio, NoAudioDevice
 
 __all__ = ["OutputDevice", "PlaybackStats", "Player", "list_devices", "parse_device"]
@@ -148,6 +157,9 @@ class _Take:
         self.info: dict[str, Any] = {}
         self.counters = [0] * COUNTERS
         self.sent = 0  # frames sent to the child
+        self.placements: list[Placement] = []  # scheduled takes: where each marked frame came out
+        self.clock_line: tuple[float, float, float, float] | None = None  # the child's host-time filter
+        self.callback_times: list[np.ndarray] = []  # scheduled takes: each callback's (device frame, host ns)
         self.start_sent = False
         self._progress = threading.Condition()  # notified on each status from the child
         self._send_lock = threading.Lock()
@@ -209,6 +221,12 @@ class _Take:
                         self._progress.notify_all()
                 elif kind == RECORD:
                     self._keep_record(np.frombuffer(payload, dtype=np.float32).reshape(-1, self.channels))
+                elif kind == CLOCK:
+                    self.clock_line = CLOCK_STRUCT.unpack(payload)
+                elif kind == TIMES:
+                    self.callback_times.append(np.frombuffer(payload, dtype=np.int64).reshape(-1, 2))
+                elif kind == PLACED:
+                    self.placements.append(Placement(*PLACED_STRUCT.unpack(payload)))
                 elif kind == READY:
                     self.info = json.loads(payload)
                     self.ready.set()
@@ -318,6 +336,12 @@ class _Take:
     def finish(self) -> None:
         self._message(FINISH)
 
+    def mark(self, ring_frame: int, host_ns: int) -> None:
+        self._message(MARK, MARK_STRUCT.pack(int(ring_frame), int(host_ns)))
+
+    def flush(self) -> None:
+        self._message(FLUSH)
+
     def start(self) -> None:
         if not self.start_sent:
             self.start_sent = True
@@ -385,13 +409,16 @@ class Player:
         self._lock = threading.Lock()  # one open/stop at a time
 
     # Feeding it yourself.
-    def open(self, record: bool | str | Path = False, start_seconds: float | None = None) -> None:
+    def open(self, record: bool | str | Path = False, start_seconds: float | None = None,
+             scheduled: bool = False) -> None:
         """Open the device for a new take (stopping the current one); ``record``: keep (True) or write (a path) what plays.
 
         ``start_seconds`` overrides the player's for this take: how much must be queued before playback
-        starts by itself (a full buffer, ``start`` and ``finish`` start it too).
+        starts by itself (a full buffer, ``start`` and ``finish`` start it too). ``scheduled``: the device
+        plays from now on (silence until the first marked frame) and :meth:`mark` puts frames at host times.
         """
         spec = self._spec if start_seconds is None else dict(self._spec, start_seconds=max(0.0, start_seconds))
+        spec = dict(spec, scheduled=scheduled)
         with self._lock:
             self._end_take()
             self._take = _Take(spec, record, self.stall_timeout, self.open_timeout, self._popen)
@@ -418,6 +445,37 @@ class Player:
     def finish(self) -> None:
         """No more audio for this take: it ends once what is queued has played."""
         self._current().finish()
+
+    # Scheduled takes (open(scheduled=True)): bridge.audio.schedule.
+    def mark(self, frame: int, host_ns: int) -> None:
+        """Frame ``frame`` of this take (counting every frame written) is to be heard at ``host_ns``
+        (``CLOCK_MONOTONIC_RAW`` nanoseconds, Ableton Link's clock)."""
+        self._current().mark(frame, host_ns)
+
+    def flush(self) -> None:
+        """Drop what is queued, unplayed (the set stopped); later marks place what is written after."""
+        self._current().flush()
+
+    @property
+    def frames_written(self) -> int:
+        """Frames written to this take so far: the number the next written frame will have."""
+        return self._take.sent if self._take is not None else 0
+
+    @property
+    def placements(self) -> list[Placement]:
+        """Where each marked frame came out in the device's sample clock, as the child reported it."""
+        return list(self._take.placements) if self._take is not None else []
+
+    @property
+    def callback_times(self) -> np.ndarray:
+        """Scheduled takes: every callback's (first device frame, host ns it is heard at), an (n, 2) array."""
+        parts = self._take.callback_times if self._take is not None else []
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+
+    @property
+    def clock_line(self) -> tuple[float, float, float, float] | None:
+        """The child's fit of host time on the device's frames: (frame, host ns, ns per frame, RMS residual ns)."""
+        return self._take.clock_line if self._take is not None else None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the take is over; True when it is. Raises NoAudioDevice if the device failed."""

@@ -24,12 +24,17 @@ from typing import Any
 import numpy as np
 
 from bridge.audio.ringbuffer import RingBuffer
+from bridge.audio.schedule import HostTimeFilter, Placer
 
 HEADER = struct.Struct("<cI")
-# Parent to child.
-OPEN, AUDIO, FINISH, START, STOP = b"O", b"A", b"F", b"S", b"X"
-# Child to parent.
-READY, ERROR, STARTED, STATUS, RECORD, DONE, STOPPED = b"R", b"E", b"T", b"P", b"C", b"D", b"Q"
+# Parent to child (MARK and FLUSH: scheduled takes, bridge.audio.schedule).
+OPEN, AUDIO, FINISH, START, STOP, MARK, FLUSH = b"O", b"A", b"F", b"S", b"X", b"M", b"L"
+# Child to parent (PLACED and CLOCK: scheduled takes).
+READY, ERROR, STARTED, STATUS, RECORD, DONE, STOPPED, PLACED, CLOCK, TIMES = (
+    b"R", b"E", b"T", b"P", b"C", b"D", b"Q", b"W", b"K", b"J")
+MARK_STRUCT = struct.Struct("<qq")  # ring frame, host ns (CLOCK_MONOTONIC_RAW)
+PLACED_STRUCT = struct.Struct("<qqqq")  # ring frame, device frame, target device frame, host ns
+CLOCK_STRUCT = struct.Struct("<dddd")  # the filter's line: frame, host ns, ns per frame; RMS residual ns
 
 _CHILD_TICK_SECONDS = 0.01  # the child's status heartbeat and record collection
 _RECORD_RING_SECONDS = 2.0
@@ -150,6 +155,10 @@ class _ChildTake:
         self.counters = [0] * COUNTERS
         self.start_asked = threading.Event()
         self.stop_asked = threading.Event()
+        # a scheduled take plays from the start (silence until its first bar line) and places marked frames
+        self.clock = HostTimeFilter(self.rate) if spec.get("scheduled") else None
+        self.placer = Placer(self.ring, self.clock, tolerance=round(0.0005 * self.rate)) if self.clock else None
+        self.device_frames = 0
         try:
             self.stream = sd.OutputStream(device=int(info["index"]), samplerate=self.rate, channels=self.channels,
                                           dtype="float32", blocksize=int(spec["blocksize"]),
@@ -157,6 +166,7 @@ class _ChildTake:
         except (sd.PortAudioError, ValueError) as exc:
             raise _NoDevice(f"could not open audio device {self.name} at {self.rate} Hz with {self.channels} "
                             f"channel(s) ({exc}): leave the rate to the device or pick another one") from None
+        self.latency = float(self.stream.latency)
         self.info = {"index": int(info["index"]), "name": self.name, "sample_rate": self.rate,
                      "latency": float(self.stream.latency), "blocksize": int(self.stream.blocksize),
                      "capacity": self.ring.capacity}
@@ -170,7 +180,17 @@ class _ChildTake:
         c[C_LAST_NS] = start
         if status.output_underflow:
             c[C_HOST_UNDERFLOWS] += 1
-        played = self.ring.read_into(outdata)
+        if self.placer is not None and self.clock is not None:
+            # when this block's first frame is heard, on Link's clock: now plus what PortAudio says is ahead
+            ahead = float(_time.outputBufferDacTime - _time.currentTime)
+            if not 0.0 <= ahead < 1.0:
+                ahead = self.latency
+            self.clock.add(self.device_frames, time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW) + int(ahead * 1e9))
+            self.placer.fill(outdata, self.device_frames)
+            self.device_frames += frames
+            played = 0 if self.ring.finished and self.placer.idle else frames
+        else:
+            played = self.ring.read_into(outdata)
         if self.record is not None and played:
             c[C_RECORD_DROPPED] += played - self.record.write(outdata[:played], timeout=0)
         c[C_FRAMES_OUT] += played
@@ -191,6 +211,10 @@ class _ChildTake:
                     self.ring.finish()
                 elif kind == START:
                     self.start_asked.set()
+                elif kind == MARK and self.placer is not None:
+                    self.placer.mark(*MARK_STRUCT.unpack(payload))
+                elif kind == FLUSH and self.placer is not None:
+                    self.placer.flush()
                 elif kind == STOP:
                     break
         except (EOFError, OSError):
@@ -203,6 +227,19 @@ class _ChildTake:
         c[C_CONSUMED], c[C_UNDERRUNS] = self.ring.consumed, self.ring.underruns
         c[C_UNDERRUN_FRAMES] = self.ring.underrun_frames
         return STATUS_STRUCT.pack(*c)
+
+    def send_clock(self) -> None:
+        """Refit the host-time filter and report it, and where the marked frames came out."""
+        if self.clock is None or self.placer is None:
+            return
+        self.clock.refit()
+        points = self.clock.new_points()
+        if points.shape[0]:
+            send(self.out_fd, TIMES, points.tobytes())  # each callback's (frame, host ns): for measuring
+        while self.placer.placed:
+            send(self.out_fd, PLACED, PLACED_STRUCT.pack(*self.placer.placed.popleft()))
+        if self.clock.line is not None:
+            send(self.out_fd, CLOCK, CLOCK_STRUCT.pack(*self.clock.line, self.clock.residual_ns))
 
     def send_record(self) -> None:
         if self.record is not None:
@@ -222,17 +259,19 @@ class _ChildTake:
                 send(self.out_fd, STOPPED)
                 return 0
             if not started and (self.start_asked.is_set() or self.ring.finished or self.ring.free == 0
-                                or self.ring.queued >= self.start_frames):
+                                or self.ring.queued >= self.start_frames or self.placer is not None):
                 self.stream.start()
                 started = True
                 self.counters[C_STARTED] = 1
                 send(self.out_fd, STARTED)
             self.send_record()
+            self.send_clock()
             send(self.out_fd, STATUS, self.status())
             if started and not self.stream.active:
                 if self.counters[C_DRAINED]:
                     self.stream.close()
                     self.send_record()
+                    self.send_clock()
                     send(self.out_fd, STATUS, self.status())
                     send(self.out_fd, DONE)
                     return 0

@@ -128,6 +128,38 @@ class RingBuffer:
                 self._header[_UNDERRUN_FRAMES] += frames - n
         return n if finished else frames
 
+    def read_upto(self, out: np.ndarray) -> int:
+        """Copy up to ``len(out)`` queued frames into ``out`` and return how many; never waits, counts nothing.
+
+        For a consumer that decides itself what a short read means (the scheduled jam's placer).
+        """
+        with self._lock:
+            written = int(self._header[_WRITTEN])
+            read = int(self._header[_READ])
+        n = min(written - read, int(out.shape[0]))
+        if n > 0:
+            start = read % self.capacity
+            first = min(n, self.capacity - start)
+            out[:first] = self._data[start:start + first]
+            if n > first:
+                out[first:n] = self._data[:n - first]
+            with self._lock:
+                self._header[_READ] = read + n
+        return n
+
+    def skip(self, frames: int) -> int:
+        """Drop up to ``frames`` queued frames unplayed (consumer side); returns how many were dropped."""
+        with self._lock:
+            n = max(0, min(int(frames), int(self._header[_WRITTEN] - self._header[_READ])))
+            self._header[_READ] += n
+        return n
+
+    def note_underrun(self, frames: int) -> None:
+        """Count one underrun of ``frames`` missing frames (for a consumer using :meth:`read_upto`)."""
+        with self._lock:
+            self._header[_UNDERRUNS] += 1
+            self._header[_UNDERRUN_FRAMES] += int(frames)
+
     def read(self, max_frames: int | None = None) -> np.ndarray:
         """Take up to ``max_frames`` queued frames (all of them by default) as a new array; for non-realtime consumers."""
         with self._lock:

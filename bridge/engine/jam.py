@@ -29,6 +29,7 @@ import torch
 from bridge import tempo
 from bridge.engine.decoding import Sampling, TokenStream
 from bridge.engine.engine import Engine
+from bridge.engine.glide import Glide
 from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 from bridge.errors import BadArgs
 from bridge.options import OPTIONS, closest, convert_option, jam_default, names
@@ -53,6 +54,7 @@ class JamSettings:
     top_p: float = jam_default("top_p")
     seed: int | None = jam_default("seed")  # None: the jam draws one at random (the table's default)
     context_seconds: float = jam_default("context_seconds")
+    glide_bars: int = jam_default("glide_bars")
 
     def check(self) -> JamSettings:
         """Raise BadArgs (the same words as for a request) for a value out of range; return self."""
@@ -99,12 +101,20 @@ class Jam:
         self._text: str | None = None  # the text the stream attends to
         self._seed = int(self._settings.seed or 0)
         self._generator = torch.Generator(device=engine.loaded.device).manual_seed(self._seed)
+        self._glide: Glide | None = None
+        self.glide_log: list[tuple[int, float]] = []  # (frame, distance of the conditioning from the glide's end)
         self.reprompts = 0  # fresh windows started from the timeline's tail (the window filled)
         self.positions_run = 0  # positions the decoder has read, prompts of fresh windows included
 
     @property
     def settings(self) -> JamSettings:
         return self._settings
+
+    @property
+    def pending(self) -> JamSettings | None:
+        """The settings queued for the next segment, if any."""
+        with self._lock:
+            return self._pending
 
     def set(self, changes: Mapping[str, Any]) -> JamSettings:
         """Queue changes for the next segment; returns the settings that segment will use."""
@@ -135,6 +145,7 @@ class Jam:
     def next_segment(self, is_cancelled: Any = None) -> Segment:
         """Generate and decode the next ``bars`` bars, continuing the token timeline."""
         started = time.monotonic()
+        before = self._settings
         s = self._take_pending()
         eng = self.engine
         hop = eng.hop
@@ -148,10 +159,17 @@ class Jam:
             text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""
             sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                 guidance=s.guidance if text else 1.0)
+            glide_from = self._glide_start(before, s, text, start // hop)
             stream = self._stream_for(text, need_frames, s)
+            if glide_from is not None:
+                self._begin_glide(glide_from, before, s, text, start, end)
             fed = stream.fed
             try:
-                stream.advance(need_frames - self._stream_start, sampling, self._generator, is_cancelled=is_cancelled)
+                if self._glide is not None:
+                    self._advance_gliding(stream, need_frames, s, text, is_cancelled)
+                else:
+                    stream.advance(need_frames - self._stream_start, sampling, self._generator,
+                                   is_cancelled=is_cancelled)
             finally:
                 self.positions_run += stream.fed - fed
                 self._take_frames()
@@ -164,6 +182,57 @@ class Jam:
         self._grid_bars += s.bars
         self.next_sample = end
         return segment
+
+    # -- glides (bridge.engine.glide) ---------------------------------------------------------------
+    def _glide_start(self, before: JamSettings, s: JamSettings, text: str, frame: int) -> Any:
+        """The conditioning a glide starts from, when this segment begins one; None when it jumps."""
+        changed = (s.prompt, s.guidance, s.temperature) != (before.prompt, before.guidance, before.temperature)
+        if s.glide_bars <= 0 or not changed or self._stream is None or self._text is None or not text:
+            return None
+        if self.engine.loaded.is_melody or not self._text:
+            return None  # a melody's text is part of the sequence; from silence there is nothing to glide from
+        if self._glide is not None:
+            return self._glide.at(frame)[0]  # a new glide from where the running one is
+        return self._condition(self._text)
+
+    def _begin_glide(self, start_cond: Any, before: JamSettings, s: JamSettings, text: str, start: int,
+                     end: int) -> None:
+        hop = self.engine.hop
+        last = self._boundary(self._grid_bars + s.glide_bars, s) // hop
+        old = self._glide
+        guidance = old.guidance[0] + old.fraction(start // hop) * (old.guidance[1] - old.guidance[0]) \
+            if old is not None else before.guidance
+        temperature = old.temperature[0] + old.fraction(start // hop) * (old.temperature[1] - old.temperature[0]) \
+            if old is not None else before.temperature
+        self._glide = Glide(start=start_cond, end=self._condition(text), end_text=text,
+                            guidance=(guidance, s.guidance), temperature=(temperature, s.temperature),
+                            first=start // hop, last=max(last, end // hop))
+
+    def _advance_gliding(self, stream: TokenStream, need_frames: int, s: JamSettings, text: str,
+                         is_cancelled: Any) -> None:
+        """Advance in steps of an eighth of a bar, each conditioned on the glide's point there."""
+        glide = self._glide
+        if glide is None:
+            return
+        if text != glide.end_text:  # the tempo (in the text) changed meanwhile: glide to the new text
+            glide.end, glide.end_text = self._condition(text), text
+        bar_frames = max(1, round(self.engine.loaded.frame_rate * float(tempo.bar_seconds(s.bpm, s.beats_per_bar))))
+        chunk = max(1, bar_frames // 8)
+        until = need_frames - self._stream_start
+        while stream.complete < until:
+            frame = self._stream_start + stream.complete
+            cond, guidance, temperature, distance = glide.at(frame)
+            stream.set_conditioning(cond)
+            self.glide_log.append((frame, distance))
+            sampling = Sampling(temperature=temperature, top_k=s.top_k, top_p=s.top_p, guidance=guidance)
+            target = until if distance == 0.0 else min(until, stream.complete + chunk)
+            before = stream.complete
+            stream.advance(target, sampling, self._generator, is_cancelled=is_cancelled)
+            if distance == 0.0:
+                self._glide = None  # arrived: the stream attends to the new text, as after a jump
+                self._text = text
+            if stream.complete == before:
+                break  # the window is full: the next segment re-prompts
 
     def _take_frames(self) -> None:
         """Append the frames the stream completed since the last call (also after a cancelled one)."""

@@ -12,6 +12,7 @@ from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP
 from bridge.errors import BadArgs
 from bridge.frontends.cli_options import add_option_flags, options_from_args
+from bridge.frontends.osc.serve import add_link_argument
 from bridge.options import names
 
 
@@ -40,6 +41,8 @@ def add_parsers(sub: Any) -> None:
     jam.add_argument("--priority", default=None, help=PRIORITY_HELP)
     jam.add_argument("--output-dir", type=Path, default=None)
     jam.add_argument("--config", type=Path, default=None)
+    add_option_flags(jam, ("sync",), jam=True)
+    add_link_argument(jam)
     jam.set_defaults(handler=_jam)
 
 
@@ -73,15 +76,18 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.app.output import OutputDevice  # noqa: PLC0415
     from bridge.app.root import App  # noqa: PLC0415
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
+    from bridge.compute import Launcher  # noqa: PLC0415
     from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
-    options = {**options_from_args(args, names("jam")), "play": not args.no_play}
+    options = {**options_from_args(args, (*names("jam"), "sync")), "play": not args.no_play}
     if args.record is not None and not args.record.expanduser().parent.is_dir():
         raise BadArgs(f"--record {args.record}: the folder {args.record.expanduser().parent} does not exist: create "
                       "it or record somewhere else")
-    # room for the longest pre-roll a slow machine may need, started by the jam
-    output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0)
+    # room for the longest pre-roll a slow machine may need, started by the jam; the playback child is
+    # started from a thread that keeps normal priority (the worker that opens it runs lowered)
+    output = OutputDevice(args.audio_device, buffer_seconds=(args.for_seconds or 60.0) + 30.0,
+                          popen=Launcher().popen)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
     sys.stderr.write(f"loading {config.model} ...\n")
     app = App.build(config, listener=_JamPrinter(), output=output)
@@ -133,7 +139,7 @@ class _JamPrinter(NullListener):
 
     def chunk(self, job: Any, chunk: Any) -> None:
         del job
-        _announce(chunk.index, chunk.path, chunk.start_seconds)
+        _announce(chunk.index, chunk.path, chunk.start_seconds, chunk.beat)
 
     def warning(self, job: Any, message: str) -> None:
         del job
@@ -144,5 +150,6 @@ def _say(message: str) -> None:
     sys.stderr.write(message + "\n")
 
 
-def _announce(index: int, path: Path, start: float) -> None:
-    sys.stderr.write(f"segment {index} at {start:.2f} s: {path}\n")
+def _announce(index: int, path: Path, start: float, beat: float = -1.0) -> None:
+    on_beat = f" (Link beat {beat:g})" if beat >= 0 else ""
+    sys.stderr.write(f"segment {index} at {start:.2f} s{on_beat}: {path}\n")

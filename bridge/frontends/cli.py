@@ -141,10 +141,12 @@ def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _config_from_args(args: argparse.Namespace) -> Any:
     from bridge.config import load_config  # noqa: PLC0415
+    from bridge.frontends.osc.serve import check_link_argument  # noqa: PLC0415
 
     return load_config(args.config, overrides={
         "model": args.model, "device": args.device, "precision": args.precision, "output_dir": args.output_dir,
         "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
+        "link": check_link_argument(args) or None,
     })
 
 

@@ -25,15 +25,15 @@ from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.options import jam_fields, names
 from bridge.tempo import MAX_BPM, MIN_BPM
 
-__all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "SetParam", "SetTempo", "SwitchBank",
-           "Transport", "input_names"]
+__all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "Pulse", "SetParam", "SetTempo",
+           "SongPosition", "SwitchBank", "Transport", "input_names"]
 
 log = logging.getLogger(__name__)
 
 CLOCKS_PER_BEAT = 24  # MIDI clock: 24 pulses per quarter note
 CLOCK_GAP = 0.5  # seconds: a longer pause between pulses (slower than 5 bpm) means the clock stopped
 TEMPO_STEP = 0.5  # bpm: smaller changes are clock jitter, not a new tempo
-QUIET = frozenset({"note_off", "active_sensing", "song_position", "song_select", "tune_request", "reset"})
+QUIET = frozenset({"note_off", "active_sensing", "song_select", "tune_request", "reset"})
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,22 @@ class SetTempo:
 
 @dataclass(frozen=True)
 class Transport:
-    command: Literal["start", "stop"]
+    command: Literal["start", "continue", "stop"]
 
 
-Action = FirePreset | SetParam | SwitchBank | SetTempo | Transport
+@dataclass(frozen=True)
+class Pulse:
+    """One MIDI clock pulse (24 a beat): the song moves on; a ``sync midi`` jam keeps its bars by them."""
+
+
+@dataclass(frozen=True)
+class SongPosition:
+    """Song Position Pointer: where Continue resumes, in sixteenth notes from the song's start."""
+
+    sixteenths: int
+
+
+Action = FirePreset | SetParam | SwitchBank | SetTempo | Transport | Pulse | SongPosition
 
 
 class MidiMapper:
@@ -155,22 +167,29 @@ class MidiMapper:
             self._pulses.clear()  # the clock paused: the gap is not a tempo
         self._pulses.append(now)
         if len(self._pulses) < CLOCKS_PER_BEAT + 1:
-            return []
+            return [Pulse()]
         span = self._pulses[-1] - self._pulses[0]
         if span <= 0:
-            return []
+            return [Pulse()]
         # the average over the whole window: one late pulse moves it by a fraction of its lateness
         bpm = round(60.0 * (len(self._pulses) - 1) / CLOCKS_PER_BEAT / span, 1)
         if not (MIN_BPM <= bpm <= MAX_BPM):
-            return []
+            return [Pulse()]
         if self._tempo is None or abs(bpm - self._tempo) >= TEMPO_STEP:
             self._tempo = bpm
-            return [SetTempo(bpm)]
-        return []
+            return [Pulse(), SetTempo(bpm)]
+        return [Pulse()]
 
     def _start(self, _msg: Any) -> list[Action]:
         self._pulses.clear()
         return [Transport("start")]
+
+    def _continue(self, _msg: Any) -> list[Action]:
+        self._pulses.clear()
+        return [Transport("continue")]
+
+    def _songpos(self, msg: Any) -> list[Action]:
+        return [SongPosition(int(msg.pos))]
 
     def _stop(self, _msg: Any) -> list[Action]:
         return [Transport("stop")]
@@ -181,8 +200,9 @@ class MidiMapper:
         "program_change": _program_change,
         "clock": _clock,
         "start": _start,
-        "continue": _start,
+        "continue": _continue,
         "stop": _stop,
+        "songpos": _songpos,
     }
 
 
@@ -207,6 +227,9 @@ class MidiActions:
 
     def _apply(self, action: Action) -> None:
         jam = self.app.jam
+        clock = getattr(self.app, "midi_clock", None)
+        if clock is not None:
+            self._feed_clock(clock, action)
         if isinstance(action, FirePreset):
             request = self.app.bridge.preset_request(action.bank, action.preset, action.options)
             self.app.jobs.submit(request, kind=JobKind.PRESET)
@@ -216,16 +239,28 @@ class MidiActions:
             jam.set({"bpm": action.bpm})
         elif isinstance(action, Transport) and action.command == "stop" and jam.running:
             jam.stop()
-        elif isinstance(action, Transport) and action.command == "start" and not jam.running:
+        elif isinstance(action, Transport) and action.command in ("start", "continue") and not jam.running:
             bank = self.mapper.current_bank()
             first = next(iter(bank.presets))
             options: dict[str, Any] = dict(self.mapper.params)
             if self.mapper.tempo is not None:
                 options["bpm"] = self.mapper.tempo
             preset = self.app.bridge.preset_request(bank.name, first, options)
-            request = self.app.bridge.make_request("jam", preset.prompt, None, None,
-                                                   jam_fields(preset) | {"play": True})
+            fields = jam_fields(preset) | {"play": True}
+            if clock is not None and clock.attached:  # the jam keeps the song's bars: MIDI clock sets the tempo
+                fields = {k: v for k, v in fields.items() if k != "bpm"} | {"sync": "midi"}
+            request = self.app.bridge.make_request("jam", preset.prompt, None, None, fields)
             self.app.jobs.submit(request, kind=JobKind.JAM)
+
+    @staticmethod
+    def _feed_clock(clock: Any, action: Action) -> None:
+        """The song's position for a ``sync midi`` jam (``bridge.app.midi_clock``)."""
+        if isinstance(action, Pulse):
+            clock.pulse()
+        elif isinstance(action, SongPosition):
+            clock.song_position(action.sixteenths)
+        elif isinstance(action, Transport):
+            {"start": clock.start, "continue": clock.resume, "stop": clock.stop}[action.command]()
 
 
 def input_names() -> list[str]:

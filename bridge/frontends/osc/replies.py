@@ -332,7 +332,7 @@ class ReplyRouter:
 
     def chunk(self, job: Job, chunk: Chunk) -> None:
         if job.kind is JobKind.JAM:
-            self.send(job.origin, "/musicgen/jam/segment", [job.id, chunk.index, str(chunk.path)])
+            self.send(job.origin, "/musicgen/jam/segment", [job.id, chunk.index, str(chunk.path), float(chunk.beat)])
             return
         self.send(job.origin, "/musicgen/chunk", [job.id, chunk.index, str(chunk.path), float(chunk.start_seconds),
                                                   float(chunk.seconds)])

@@ -326,7 +326,7 @@ def job(ctx: Context, *, job_id: str) -> None:
 def jam_start(ctx: Context, *, job_id: str, prompt: str, options: dict[str, Any]) -> None:
     """Start a live jam: the bridge keeps continuing its own output through the speakers, in segments of `bars` bars at `bpm` (`play 0`: files only).
 
-    Replies: `/musicgen/queued <id> <position>`, `/musicgen/jam/segment <id> <index> <path>` per segment, `/musicgen/warning <id> <message>` when the machine generates slower than real time (it pre-rolls, saying how long), then `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` after `/musicgen/jam/stop`
+    Replies: `/musicgen/queued <id> <position>`, `/musicgen/jam/segment <id> <index> <path> <beat>` per segment (the Link session's beat its first sample is heard on with `sync link`, else -1), `/musicgen/warning <id> <message>` when the machine generates slower than real time (it pre-rolls, saying how long), then `/musicgen/done /musicgen/jam/start <id> <path of the whole take> <seconds>` after `/musicgen/jam/stop`
     """
     request = ctx.bridge.make_request("jam", prompt, None, None, {"play": True} | options)
     ctx.submit(job_id, request, JobKind.JAM)
@@ -334,7 +334,7 @@ def jam_start(ctx: Context, *, job_id: str, prompt: str, options: dict[str, Any]
 
 @routes.add("/musicgen/jam/set", options="raw")
 def jam_set(ctx: Context, *, settings: list[Any]) -> None:
-    """Change the jam (prompt, preset bank/name, temperature, guidance, bpm, bars, ...) from its next segment on.
+    """Change the jam (prompt, preset bank/name, temperature, guidance, bpm, bars, ...) from its next segment on (`glide_bars N`: glide there over N bars).
 
     Replies: `/musicgen/jam/set <key> <value> ...` with the settings the next segment will use
     """
@@ -343,6 +343,20 @@ def jam_set(ctx: Context, *, settings: list[Any]) -> None:
     changes = {str(k): v for k, v in zip(settings[0::2], settings[1::2], strict=True)}
     applied = ctx.app.jam.set(changes)
     ctx.reply("/musicgen/jam/set", [x for key, value in applied.items() for x in (key, value)])
+
+
+@routes.add("/musicgen/link")
+def link_state(ctx: Context) -> None:
+    """The Ableton Link session the bridge is in (`serve --link`): enabled, other peers, tempo, beat now (4-beat bars), playing.
+
+    Replies: `/musicgen/link <enabled 0/1> <peers> <tempo> <beat> <playing 0/1>` (`0 0 0 -1 0` without --link)
+    """
+    session = getattr(ctx.app, "link", None)
+    if session is None:
+        ctx.reply("/musicgen/link", [0, 0, 0.0, -1.0, 0])
+        return
+    state = session.state()
+    ctx.reply("/musicgen/link", [int(state.enabled), state.peers, state.tempo, state.beat, int(state.playing)])
 
 
 @routes.add("/musicgen/jam/stop")

@@ -67,6 +67,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="take a MIDI controller: a part of an input's name, or nothing for a virtual port "
                    "named musicgen-bridge (mido's backend: MIDO_BACKEND)")
     p.add_argument("--midi-bank", default=None, help="the preset bank the controller starts on (default: the first)")
+    add_link_argument(p)
+
+
+def add_link_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link", action="count", default=0, help="join the Ableton Link session (tempo, bar lines, "
+                   "start/stop) so a jam with `sync link` plays with the set; needs "
+                   "pip install 'musicgen-bridge[link]' (Ableton's Link, GPL)")
+
+
+def check_link_argument(args: argparse.Namespace) -> bool:
+    """``--link`` given once, and the Link wheel importable: before the (slow) model load."""
+    count = getattr(args, "link", 0) or 0
+    if count > 1:
+        raise BadArgs("--link was given twice: give it once")
+    if count:
+        from importlib.util import find_spec  # noqa: PLC0415
+
+        from bridge.app.link import INSTALL_HINT  # noqa: PLC0415
+
+        if find_spec("link") is None:
+            raise BadArgs(INSTALL_HINT)
+    return bool(count)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -79,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "state_dir": getattr(args, "state_dir", None), "allow_dirs": getattr(args, "allow_dirs", None),
         "audio_device": getattr(args, "audio_device", None), "max_job_memory": getattr(args, "max_job_memory", None),
         "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
+        "link": check_link_argument(args) or None,
     })
 
 
@@ -123,6 +146,9 @@ def run_serve(args: argparse.Namespace) -> int:
             sys.stderr.write(f"musicgen-bridge {__version__}: {info['model']} on {info['device']} "
                              f"({info.get('precision', info['dtype'])}, {info.get('kernel', '')}); OSC (UDP and TCP) "
                              f"on {config.host}:{server.port}, replies to port {config.reply_port}. Ctrl-C stops.\n")
+            if app.link is not None:
+                sys.stderr.write(f"Ableton Link: in the session ({app.link.peers()} other peer(s) so far, "
+                                 f"{app.link.tempo():g} bpm): jams with `sync link` play on its bar lines\n")
             sys.stderr.flush()
             while not stop.wait(0.5):
                 pass
@@ -148,6 +174,8 @@ def _open_midi(args: argparse.Namespace, app: Any) -> Any:
     bank = args.midi_bank or presets.banks()[0]
     mapper = MidiMapper(presets, bank)
     midi = MidiInput(mapper, MidiActions(app, mapper).apply, port=args.midi or None)
+    if app.midi_clock is not None:
+        app.midi_clock.attached = True  # a jam may now ask for sync midi
     sys.stderr.write(f"MIDI: listening on {midi.name}, bank {bank}\n")
     return midi
 

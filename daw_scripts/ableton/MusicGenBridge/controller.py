@@ -72,6 +72,7 @@ class Controller:
         self._connected: bool | None = None
         self._last_heard = self._last_ping = -1e9  # long ago, whatever the clock's origin
         self._pinged = False
+        self._bridge_in_link = False  # the bridge runs with --link: a jam asks for `sync link`
         self._ids = f"live-{random.randrange(1 << 24):06x}"
         self._count = 0
         self.link: BridgeLink | None = None
@@ -251,6 +252,8 @@ class Controller:
             source = [path]
         tempo: list[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
         if kind == JAM:
+            if self._bridge_in_link:  # Live and the bridge share the Link session: its tempo and bar lines
+                tempo = ["bars", bars, "beats_per_bar", bar.beats_per_bar, "sync", "link"]
             args = [job.id, request.prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
         else:
             args = [job.id, *source, request.prompt, 0.0, *tempo]
@@ -292,6 +295,7 @@ class Controller:
                 return
             self._connected = True
             self.say(f"connected to the bridge at {self.where}")
+            self._send("/musicgen/link", [])
             for pending in self.jobs:  # after a restart the bridge may have forgotten them, or never seen them
                 self._send("/musicgen/job", [pending.id])
             return
@@ -308,6 +312,9 @@ class Controller:
                 self._fail(job, "lost", "the bridge restarted and forgot this request: rename the clip to try again")
             else:
                 self._fail(job, str(args[2]) if len(args) > 2 else "internal", str(args[3]) if len(args) > 3 else "")
+            return
+        if address == "/musicgen/link":
+            self._bridge_in_link = bool(args) and args[0] == 1
             return
         job = self._job(args, 0)
         if job is None:
