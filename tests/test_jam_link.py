@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -260,7 +261,8 @@ def test_serve_with_link_answers_link_state_and_jams_on_the_sessions_bar_lines(t
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["link_line"].startswith("Ableton Link: in the session")
     enabled, peers, bpm, beat, playing = out["link"]
-    assert (enabled, peers, playing) == (1, 1, 0) and abs(bpm - 97) < 0.01 and beat >= 0
+    # the session's beat may be below 0 just after the peers meet (Link aligns a new session's timeline)
+    assert (enabled, peers, playing) == (1, 1, 0) and abs(bpm - 97) < 0.01 and math.isfinite(beat)
     assert out["bpm_fail"][:3] == ["/musicgen/jam/start", "j1", "bad_args"]
     assert "cannot be given with sync link" in out["bpm_fail"][3]
     beats = [s[3] for s in out["segments"]]
