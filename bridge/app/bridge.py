@@ -81,6 +81,7 @@ class Bridge:
         if request.stream and (request.variations > 1 or request.include_prompt or request.normalize != "off"):
             raise BadArgs("stream 1 sends the audio as it is made, so it works with one variation, without "
                           "include_prompt and with normalize off: drop those options or use stream 0")
+        self.engine.check_text(request.negative, "negative prompt")
         if request.mode == "melody" and not self.engine.loaded.is_melody:
             raise BadArgs(
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "

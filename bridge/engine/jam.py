@@ -50,6 +50,7 @@ class JamSettings:
     guidance: float = jam_default("guidance")
     top_k: int = jam_default("top_k")
     top_p: float = jam_default("top_p")
+    negative: str = jam_default("negative")
     seed: int = jam_default("seed")
     context_seconds: float = jam_default("context_seconds")
 
@@ -61,6 +62,9 @@ class JamSettings:
         if seconds > MAX_SEGMENT_SECONDS:
             raise BadArgs(f"a jam segment of {self.bars} bars at {self.bpm:g} bpm is {seconds:.1f} s: "
                           f"give 1 bar or more and at most {MAX_SEGMENT_SECONDS:g} s a segment")
+        if self.negative.strip() and self.guidance <= 1.0:
+            raise BadArgs(f"a negative prompt works through guidance, and guidance {self.guidance:g} turns it off: "
+                          "set guidance above 1 (3 is the usual) or set negative to \"\"")
         return self
 
 
@@ -93,7 +97,7 @@ class Jam:
         self._grid_origin = 0  # sample where the current tempo's grid starts
         self._stream: TokenStream | None = None
         self._stream_start = 0  # the frame of the timeline where the stream's window starts
-        self._text: str | None = None  # the text the stream attends to
+        self._text: tuple[str, str] | None = None  # the (text, negative prompt) the stream attends to
         self._seed = self._settings.seed
         self._generator = torch.Generator(device=engine.loaded.device).manual_seed(self._seed)
         self.reprompts = 0  # fresh windows started from the timeline's tail (the window filled)
@@ -144,7 +148,7 @@ class Jam:
                 self._generator.manual_seed(s.seed)
             text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""
             sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                                guidance=s.guidance if text else 1.0)
+                                guidance=s.guidance if text or s.negative.strip() else 1.0)
             stream = self._stream_for(text, need_frames, s)
             fed = stream.fed
             try:
@@ -177,13 +181,14 @@ class Jam:
         eng = self.engine
         stream = self._stream
         fits = stream is not None and need_frames - self._stream_start <= stream.capacity
-        if stream is not None and fits and text != self._text:
+        key = (text, s.negative)
+        if stream is not None and fits and key != self._text:
             try:
-                stream.set_conditioning(self._condition(text))
+                stream.set_conditioning(self._condition(*key))
             except ValueError:  # melody checkpoints: the text is part of the sequence
                 fits = False
             else:
-                self._text = text
+                self._text = key
         if stream is not None and fits:
             return stream
         self._take_frames()
@@ -195,10 +200,10 @@ class Jam:
         prompt = self.codes[:, :, have - context :] if context > 0 else None
         if stream is not None:
             self.reprompts += 1
-        self._stream = eng.loop.stream(self._condition(text), 1, eng.window_frames, guided=True, prompt=prompt)
-        self._stream_start, self._text = have - context, text
+        self._stream = eng.loop.stream(self._condition(*key), 1, eng.window_frames, guided=True, prompt=prompt)
+        self._stream_start, self._text = have - context, key
         return self._stream
 
-    def _condition(self, text: str) -> Any:
+    def _condition(self, text: str, negative: str = "") -> Any:
         # both rows of the guidance batch always: guidance may change at any segment
-        return self.engine.condition(text, 1, Sampling(guidance=3.0), None)
+        return self.engine.condition(text, 1, Sampling(guidance=3.0), None, negative)
