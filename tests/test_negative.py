@@ -61,7 +61,7 @@ def test_a_negative_prompt_changes_the_audio_and_the_sidecar_keeps_it(tiny_bridg
 def test_a_negative_prompt_without_guidance_is_refused(tiny_bridge):
     with pytest.raises(BadArgs, match="guidance 1 turns it off"):
         tiny_bridge.make_request("text", "lofi", 1.0, None, {"negative": "drums", "guidance": 1.0})
-    with pytest.raises(BadArgs, match="guidance 0.5 turns it off"):
+    with pytest.raises(BadArgs, match=r"guidance 0\.5 turns it off"):
         Request(seconds=1.0, negative="drums", guidance=0.5).validate()
     Request(seconds=1.0, negative="", guidance=1.0).validate()  # no negative: guidance 1 is fine
 

@@ -132,7 +132,7 @@ def _subparser(name):
     return sub.choices[name]
 
 
-@pytest.mark.parametrize(("command", "scope"), [("continue", "cli"), ("jam", "jam")])
+@pytest.mark.parametrize(("command", "scope"), [("infill", "cli"), ("jam", "jam")])
 def test_a_flag_exists_for_every_option_of_the_scope_with_the_tables_help(command, scope):
     flags = {a.dest: a for a in _subparser(command)._actions}
     for name in names(scope):

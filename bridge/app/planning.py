@@ -52,7 +52,9 @@ class Plan:
 
 def plan(request: Request, clip: audio.Clip | None, eng: EngineFacts) -> Plan:
     """Exact output length, rate and the frames to generate for ``request``."""
-    rate_default = clip.sample_rate if (clip is not None and request.mode == "continue") else eng.sample_rate
+    # a continuation or a fill sits on its clip's track: the clip's rate (a fill: the first clip's)
+    rate_default = clip.sample_rate if (clip is not None and request.mode in ("continue", "infill")) \
+        else eng.sample_rate
     out_rate = request.sample_rate or rate_default
     text = request.prompt
     if request.bars is not None and request.bpm is not None:
