@@ -32,7 +32,8 @@ from bridge.frontends.osc.transport import (
     length_encode,
 )
 
-JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/preset")
+JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/loop", "/musicgen/infill",
+                 "/musicgen/preset")
 TIMEOUT_EXIT = 124  # as timeout(1)
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
