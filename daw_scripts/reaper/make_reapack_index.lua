@@ -5,7 +5,8 @@
 --   https://raw.githubusercontent.com/<you>/musicgen-bridge/main/daw_scripts/reaper
 -- Every script must carry the same "-- @version"; bump it in all of them for a release.
 local SCRIPTS = { "musicgen_generate.lua", "musicgen_continue.lua", "musicgen_melody.lua",
-                  "musicgen_jam_toggle.lua", "musicgen_import_last.lua" }
+                  "musicgen_jam_toggle.lua", "musicgen_import_last.lua", "musicgen_loop.lua",
+                  "musicgen_fill.lua" }
 local LIBRARY = "musicgen_lib.lua"
 
 local base = assert(arg[1], "usage: lua5.4 make_reapack_index.lua BASE_URL > index.xml"):gsub("/+$", "")
