@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bridge.engine.decoding import Sampling, TokenStream, guided_logits
+from bridge.engine.decoding import FastStepper, Sampling, TokenStream, guided_logits
 from bridge.engine.engine import Engine
 from bridge.errors import BadArgs
 
@@ -89,6 +89,7 @@ class _ScoringStepper:
         return logits
 
 
+@torch.inference_mode()
 def sample_bridges(engine: Engine, text: str, negative: str, sampling: Sampling, generator: torch.Generator,
                    context: torch.Tensor, frames: int, head: torch.Tensor, candidates: int,
                    on_step: Callable[[int, int], None] | None = None,
@@ -111,6 +112,7 @@ def sample_bridges(engine: Engine, text: str, negative: str, sampling: Sampling,
     cond = engine.condition(text, candidates, sampling, None, negative)
     stream = engine.loop.stream(cond, candidates, total, sampling.uses_guidance,
                                 prompt=context.to(device).expand(candidates, -1, -1), frames=total)
+    _share_context(engine, stream, text, negative, sampling, context.to(device), total)
     head_start = tc + frames
     positions = torch.arange(given, device=device)[None, :] + head_start + 1 + stream.delays[:, None]  # (K, H)
     stream.forced.scatter_(2, positions[None].expand(candidates, -1, -1),
@@ -122,6 +124,33 @@ def sample_bridges(engine: Engine, text: str, negative: str, sampling: Sampling,
     winner = int(np.argmax(scores))
     return BridgeChoice(bridges=stream.codes[:, :, tc:head_start].clone(), scores=scores, winner=winner,
                         head_tokens=scorer.count)
+
+
+def _share_context(engine: Engine, stream: TokenStream, text: str, negative: str, sampling: Sampling,
+                   context: torch.Tensor, total: int) -> None:
+    """Read the context once, not once per candidate: run it through a one-candidate stream and copy its
+    keys and values into every candidate's rows of ``stream``, which then starts at the context's last
+    position. Only for the fast decoder without a melody prefix; elsewhere ``stream`` reads it itself."""
+    step = stream.step
+    if stream.batch == 1 or not isinstance(step, FastStepper) or step.has_prefix:
+        return
+    tc = int(context.shape[-1])
+    single = engine.loop.stream(engine.condition(text, 1, sampling, None, negative), 1, total, stream.guided,
+                                prompt=context, frames=total)
+    first = single.step
+    if not isinstance(first, FastStepper):
+        return
+    ids = single.seq[:, :, :tc]  # the start token and the context, as the stream would feed them
+    first(ids.repeat(2, 1, 1) if stream.guided else ids)
+    rows = [0] * stream.batch + ([1] * stream.batch if stream.guided else [])
+    index = torch.tensor(rows, device=ids.device)
+    source, target = first.state, step.state
+    for keys, values, src_keys, src_values in zip(target.keys, target.values, source.keys, source.values,
+                                                  strict=True):
+        keys[:, :, :tc] = src_keys.index_select(0, index)[:, :, :tc]
+        values[:, :, :tc] = src_values.index_select(0, index)[:, :, :tc]
+    target.length = tc
+    stream.fed = tc
 
 
 def bridge_steps(engine: Engine, frames: int) -> int:
