@@ -9,6 +9,7 @@
 local dir = ({ reaper.get_action_context() })[2]:match("^(.*[/\\])") or "./"
 package.path = dir .. "?.lua;" .. package.path
 local mg = require("musicgen_lib")
+local prompts = require("musicgen_prompt")
 
 local TOLERANCE = 0.01  -- seconds between an item's edge and the selection's
 
@@ -60,10 +61,10 @@ end
 local first = audio_file(before, "before", "end")
 local second = first and audio_file(after, "after", "start")
 if not second then return end
-local prompt, negative = mg.ask_negative("MusicGen: fill", "", nil, false)
+local prompt, negative = prompts.ask_negative("MusicGen: fill", "", nil, false)
 if not prompt then return end
 local args = { mg.new_id("fill"), first, second, prompt, stop - start }
-for _, value in ipairs(mg.negative_options(negative)) do args[#args + 1] = value end
+for _, value in ipairs(prompts.negative_options(negative)) do args[#args + 1] = value end
 mg.request("/musicgen/infill", args,
   function(paths) mg.insert_at(paths[1], start, track) end,
   mg.fail_box)

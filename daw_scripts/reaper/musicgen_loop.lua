@@ -9,13 +9,14 @@
 local dir = ({ reaper.get_action_context() })[2]:match("^(.*[/\\])") or "./"
 package.path = dir .. "?.lua;" .. package.path
 local mg = require("musicgen_lib")
+local prompts = require("musicgen_prompt")
 
-local prompt, negative, bars = mg.ask_negative("MusicGen: loop", "dusty lofi keys", 2, true)
+local prompt, negative, bars = prompts.ask_negative("MusicGen: loop", "dusty lofi keys", 2, true)
 if not prompt then return end
 local position = reaper.GetCursorPosition()
 local track = reaper.GetSelectedTrack(0, 0)
 local args = { mg.new_id("loop"), prompt, 0.0, table.unpack(mg.bar_options(bars, position)) }
-for _, value in ipairs(mg.negative_options(negative)) do args[#args + 1] = value end
+for _, value in ipairs(prompts.negative_options(negative)) do args[#args + 1] = value end
 mg.request("/musicgen/loop", args,
   function(paths) mg.insert_at(paths[1], position, track) end,
   mg.fail_box)
