@@ -26,8 +26,8 @@ from bridge.errors import BadArgs
 from bridge.saferepr import safe_repr
 from bridge.tempo import MAX_BEATS_PER_BAR, MAX_BPM, MIN_BPM
 
-Mode = Literal["text", "continue", "melody", "jam"]
-MODES: tuple[str, ...] = ("text", "continue", "melody", "jam")
+Mode = Literal["text", "continue", "melody", "jam", "loop", "infill"]
+MODES: tuple[str, ...] = ("text", "continue", "melody", "jam", "loop", "infill")
 FORMATS = ("wav", "flac")
 NORMALIZE = ("off", "peak", "lufs")
 SYNCS = ("free", "link", "midi")
@@ -35,6 +35,7 @@ SYNCS = ("free", "link", "midi")
 MAX_SECONDS = 600.0
 MAX_VARIATIONS = 8
 MAX_BARS = 512
+MAX_CANDIDATES = 8
 
 #: where an option may be given, and how to say it in an error message
 SCOPES: Mapping[str, str] = MappingProxyType({
@@ -185,6 +186,8 @@ _TABLE = (
            "a whole number, e.g. 250 (0 turns it off)", "sampling", low=0),
     Option("top_p", float, 0.0, "nucleus sampling: from the likeliest tokens whose probabilities add up to p "
            "(0 turns it off)", _ALL, "a number from 0 to 1 (0 turns it off)", "sampling", low=0.0, high=1.0),
+    Option("negative", str, "", "a negative prompt: guidance pushes away from this text instead of the empty one "
+           "(needs guidance above 1)", _FILES | {"jam"}, "text, e.g. 'drums, vocals'", "sampling"),
     Option("seconds", float, None, "length in seconds, or give bpm and bars (over OSC the <seconds> argument, 0 when bpm "
            "and bars give the length)",
            frozenset(("cli", "preset", "midi")), "a length in seconds, e.g. 8.0", "length", low=0.0,
@@ -201,6 +204,9 @@ _TABLE = (
            unit=" s", default_text="whole bars near 8 s with bpm, else 8 s"),
     Option("include_prompt", bool, False, "continue: write the original clip followed by the new audio, "
            "crossfaded at the seam", _FILES, "1 or 0", "continue"),
+    Option("candidates", int, 4, "loop/infill: how many bridges are sampled in one batch and scored by how "
+           "likely the model finds the audio that follows them; the likeliest is kept", _FILES,
+           f"a whole number from 1 to {MAX_CANDIDATES}", "loop", low=1, high=MAX_CANDIDATES),
     Option("variations", int, 1, "how many results from one batched call", _FILES | {"midi"},
            f"a whole number from 1 to {MAX_VARIATIONS}", "output", low=1, high=MAX_VARIATIONS),
     Option("stream", bool, False, "send the audio as it is made (/musicgen/chunk): one variation, no "
@@ -326,17 +332,20 @@ class Request:
     prompt: str = ""
     seconds: float | None = default("seconds")
     clip: str | None = None
+    clip_after: str | None = None  # infill: the clip the fill leads into (``clip`` is the one it follows)
     seed: int | None = default("seed")
     guidance: float = default("guidance")
     temperature: float = default("temperature")
     top_k: int = default("top_k")
     top_p: float = default("top_p")
+    negative: str = default("negative")
     bpm: float | None = default("bpm")
     bars: int | None = default("bars")
     beats_per_bar: int = default("beats_per_bar")
     prompt_seconds: float | None = default("prompt_seconds")
     variations: int = default("variations")
     include_prompt: bool = default("include_prompt")
+    candidates: int = default("candidates")
     stream: bool = default("stream")
     play: bool = default("play")
     name: str | None = default("name")
@@ -361,6 +370,14 @@ class Request:
             raise BadArgs(f"{self.mode} needs a clip path")
         if self.mode == "melody" and not self.prompt.strip():
             raise BadArgs("melody needs a text prompt describing the style")
+        if self.mode == "infill" and not (self.clip and self.clip_after):
+            raise BadArgs("infill needs two clips: the one the fill follows and the one it leads into")
+        if self.mode in ("loop", "infill") and self.variations != 1:
+            raise BadArgs(f"{self.mode} makes one result from its best candidate: use candidates instead of "
+                          "variations")
+        if self.negative.strip() and self.guidance <= 1.0:
+            raise BadArgs(f"a negative prompt works through guidance, and guidance {self.guidance:g} turns it off: "
+                          "give guidance above 1 (3 is the usual) or drop negative")
         if self.mode != "jam":
             self._validate_length()
         for spec in _TABLE:

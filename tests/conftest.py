@@ -110,9 +110,9 @@ class FakeBridge:
         return {"version": "test", "model": "fake-model", "device": "cpu", "dtype": "float32",
                 "sample_rate": self.sample_rate}
 
-    def make_request(self, mode, prompt, seconds, clip, options) -> _Request:
-        return _Request(mode=mode, prompt=prompt, seconds=seconds or None, clip=clip or None).with_options(
-            options).validate()
+    def make_request(self, mode, prompt, seconds, clip, options, clip_after=None) -> _Request:
+        return _Request(mode=mode, prompt=prompt, seconds=seconds or None, clip=clip or None,
+                        clip_after=clip_after or None).with_options(options).validate()
 
     def preset_request(self, bank, preset, options) -> _Request:
         if (bank, preset) != ("demo", "keys"):

@@ -89,7 +89,7 @@ USES = {
              "create_scene", "add_tracks_listener", "remove_tracks_listener", "add_scenes_listener",
              "remove_scenes_listener"},
     "Track": {"name", "has_audio_input", "is_foldable", "is_frozen", "clip_slots", "arrangement_clips",
-              "create_audio_clip", "add_arrangement_clips_listener", "remove_arrangement_clips_listener"},
+              "create_audio_clip", "delete_clip", "add_arrangement_clips_listener", "remove_arrangement_clips_listener"},
     "ClipSlot": {"has_clip", "clip", "create_audio_clip", "add_has_clip_listener", "remove_has_clip_listener"},
     "Clip": {"name", "is_audio_clip", "file_path", "length", "warping", "start_time", "end_time", "is_playing",
              "looping", "loop_start", "loop_end", "start_marker", "end_marker", "sample_length", "sample_rate",

@@ -68,7 +68,7 @@ def test_readme_option_table_is_the_generated_one():
 
 def test_request_fields_and_defaults_are_the_tables_job_options():
     fields = {f.name: f for f in dataclasses.fields(Request)}
-    option_fields = set(fields) - {"mode", "prompt", "clip", "extra"}
+    option_fields = set(fields) - {"mode", "prompt", "clip", "clip_after", "extra"}
     assert option_fields == set(names("job")) | {"seconds"}
     for name in option_fields:
         assert fields[name].default == OPTIONS[name].default, name
@@ -117,9 +117,10 @@ def test_the_jam_converts_with_the_tables_words(tiny_engine):
 def test_jam_fields_take_what_the_jam_can_use():
     request = Request(prompt="p", seconds=4.0, temperature=0.7, top_p=0.2, variations=3, name="x")
     assert jam_fields(request) == {"guidance": 3.0, "temperature": 0.7, "top_k": 250, "top_p": 0.2,
-                                   "beats_per_bar": 4, "context_seconds": 10.0}  # unset bpm, bars, seed: the jam's own stay
+                                   "negative": "", "beats_per_bar": 4,
+                                   "context_seconds": 10.0}  # unset bpm, bars, seed: the jam's own stay
     assert set(jam_fields(Request(bpm=90.0, bars=2, seed=5), groups=("sampling",))) == {
-        "seed", "guidance", "temperature", "top_k", "top_p"}
+        "seed", "guidance", "temperature", "top_k", "top_p", "negative"}
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def _subparser(name):
     return sub.choices[name]
 
 
-@pytest.mark.parametrize(("command", "scope"), [("continue", "cli"), ("jam", "jam")])
+@pytest.mark.parametrize(("command", "scope"), [("infill", "cli"), ("jam", "jam")])
 def test_a_flag_exists_for_every_option_of_the_scope_with_the_tables_help(command, scope):
     flags = {a.dest: a for a in _subparser(command)._actions}
     for name in names(scope):

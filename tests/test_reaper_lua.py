@@ -346,9 +346,11 @@ def test_reapack_index_lists_every_script_with_the_library_and_is_up_to_date():
     [package] = index.iter("reapack")
     [version] = package.iter("version")
     sources = {s.get("file"): (s.get("main"), s.text) for s in version.iter("source")}
-    actions = {p.name for p in SCRIPTS.glob("*.lua")} - {"musicgen_lib.lua", "make_reapack_index.lua"}
+    libraries = {"musicgen_lib.lua", "musicgen_prompt.lua"}
+    actions = {p.name for p in SCRIPTS.glob("*.lua")} - libraries - {"make_reapack_index.lua"}
     assert {f for f, (main, _url) in sources.items() if main == "main"} == actions
-    assert sources["musicgen_lib.lua"] == (None, f"{INDEX_BASE}/musicgen_lib.lua")  # installed, not an action
+    for library in libraries:
+        assert sources[library] == (None, f"{INDEX_BASE}/{library}")  # installed, not an action
     for script in actions:
         header = (SCRIPTS / script).read_text(encoding="utf-8")
         assert re.search(rf"^-- @version {re.escape(version.get('name'))}$", header, re.M), script

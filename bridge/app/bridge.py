@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__, audio
-from bridge.app import planning
+from bridge.app import loops, planning
 from bridge.app.budget import Limits, check_cost, job_cost, prompt_tail_seconds
 from bridge.app.jam import JamController
 from bridge.app.link import LinkSession
@@ -68,6 +68,7 @@ class Bridge:
         self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
         self.jam = JamController(engine, self.output, self.store, presets, link=link, midi=self.midi_clock)
         self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
+        self.loops = loops.LoopMaker(engine)
 
     @property
     def output_dir(self) -> Path:
@@ -99,9 +100,10 @@ class Bridge:
 
     # -- requests ---------------------------------------------------------------------------
     def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,
-                     options: Mapping[str, Any]) -> Request:
-        """A validated Request from a front end's arguments and typed options."""
-        base = Request(mode=mode, prompt=prompt, seconds=seconds if seconds else None, clip=clip or None)  # type: ignore[arg-type]
+                     options: Mapping[str, Any], clip_after: str | None = None) -> Request:
+        """A validated Request from a front end's arguments and typed options (``clip_after``: a fill's second clip)."""
+        base = Request(mode=mode, prompt=prompt, seconds=seconds if seconds else None, clip=clip or None,  # type: ignore[arg-type]
+                       clip_after=clip_after or None)
         return self.check(base.with_options(options).validate())
 
     def check(self, request: Request) -> Request:
@@ -114,6 +116,10 @@ class Bridge:
                           "include_prompt and with normalize off: drop those options or use stream 0")
         if request.sync != "free":
             check_sync(request, self.link, self.midi_clock)
+        self.engine.check_text(request.negative, "negative prompt")
+        if request.mode in loops.LOOP_MODES:
+            plan = planning.plan(request, None, self.engine)  # the first clip's rate is not needed for the limits
+            loops.check(request, self.engine, plan.out_samples, plan.out_rate)
         if request.mode == "melody" and not self.engine.loaded.is_melody:
             raise BadArgs(
                 f"melody mode needs a melody checkpoint, and the bridge runs {self.engine.loaded.name}: "
@@ -121,6 +127,8 @@ class Bridge:
             )
         if request.mode != "jam":
             clip = audio.probe_clip(request.clip) if request.clip else None  # the header only: bad_audio now
+            if request.clip_after and request.mode == "infill":
+                audio.probe_clip(request.clip_after)  # a fill's second clip too
             check_cost(job_cost(request, planning.plan(request, clip, self.engine), clip, self.engine), self.limits)
         return request
 
@@ -151,16 +159,25 @@ class Bridge:
             on_warning(plan.rate_note)
         clip = (audio.read_clip(request.clip, tail_seconds=prompt_tail_seconds(request, plan, self.engine))
                 if request.clip else None)
-        self._check_room(request, plan, clip)
+        after = audio.read_clip(request.clip_after) if request.clip_after and request.mode == "infill" else None
+        self._check_room(request, plan, clip, after)
         seed = request.seed if request.seed is not None else secrets.randbits(31)
         stem = self.store.stem(job_id, request)
-        writer = (ChunkWriter(self.engine, request, plan, clip, self.store.chunk_folder(stem), on_chunk)
-                  if request.stream else None)
         stop_if_cancelled(is_cancelled)
-        outputs = self.renderer.render(request, plan, clip, seed, progress, is_cancelled, writer)
+        details = None
+        if request.mode == "loop":
+            wave, details = self.loops.loop(request, plan, seed, progress, is_cancelled)
+            outputs = [wave]
+        elif request.mode == "infill" and clip is not None and after is not None:
+            wave, details = self.loops.infill(request, plan, clip, after, seed, progress, is_cancelled)
+            outputs = [wave]
+        else:
+            writer = (ChunkWriter(self.engine, request, plan, clip, self.store.chunk_folder(stem), on_chunk)
+                      if request.stream else None)
+            outputs = self.renderer.render(request, plan, clip, seed, progress, is_cancelled, writer)
         stop_if_cancelled(is_cancelled)
         paths, sidecars = self.store.write(job_id, request, plan, seed, clip, outputs, time.monotonic() - started,
-                                           stem, self._model_facts(), is_cancelled=is_cancelled)
+                                           stem, self._model_facts(), details, is_cancelled=is_cancelled)
         progress(1.0)
         if request.play:
             self.output.play_now(paths[0])
@@ -174,9 +191,11 @@ class Bridge:
         except NoAudioDevice as exc:
             raise NoAudioDevice(f"{exc.message}; {advice}") from None
 
-    def _check_room(self, request: Request, plan: planning.Plan, clip: audio.Clip | None) -> None:
+    def _check_room(self, request: Request, plan: planning.Plan, clip: audio.Clip | None,
+                    after: audio.Clip | None = None) -> None:
         """StorageError before any generation when the output folder cannot take the result."""
-        samples = plan.out_samples + (round(clip.seconds * plan.out_rate) if request.include_prompt and clip else 0)
+        around = [c for c in (clip, after) if c is not None] if request.include_prompt else []
+        samples = plan.out_samples + sum(round(c.seconds * plan.out_rate) for c in around)
         channels = max(self.engine.channels, clip.channels if clip is not None else 1)
         check_output_folder(self.store.folder, estimate_bytes(samples, channels, variations=request.variations,
                                                               fmt=request.format, copies=2 if request.stream else 1))

@@ -121,7 +121,7 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
         read = clip_frames_read(request, plan, clip, eng)
         at_model = math.ceil(read * eng.sample_rate / clip.sample_rate)
         stages["read"] = clip.channels * (read * F32 + read * F64 + at_model * F64)
-        if request.mode == "continue":
+        if request.mode in ("continue", "infill"):  # written at the (first) clip's channels
             out_ch = max(model_ch, clip.channels)
             if request.include_prompt:
                 clip_out = math.ceil(clip.frames * plan.out_rate / clip.sample_rate)

@@ -228,6 +228,8 @@ class JamController:
             jam = self._jam
             if jam is None:
                 raise NotFound("no jam is running: start one with /musicgen/jam/start")
+            if "negative" in changes:
+                jam.engine.check_text(str(changes["negative"]), "negative prompt")
             return dataclasses.asdict(jam.set(changes))
 
     def stop(self) -> None:

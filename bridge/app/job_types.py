@@ -34,6 +34,8 @@ class JobKind(enum.Enum):
     MELODY = "melody"
     PRESET = "preset"
     JAM = "jam"
+    LOOP = "loop"
+    INFILL = "infill"
 
 
 class Runner(Protocol):

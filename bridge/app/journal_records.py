@@ -73,8 +73,11 @@ def request_from_record(data: Any) -> Request:
                 raise BadArgs(f"the journal's request has no value for {key!r}")
             continue
         options[key] = convert_option(key, value)
+    clip_after = data.get("clip_after")
+    if not (clip_after is None or isinstance(clip_after, str)):
+        raise BadArgs("the journal's request has a second clip that is not text")
     base = Request(mode=mode, prompt=prompt, seconds=None if seconds is None else float(seconds),  # type: ignore[arg-type]
-                   clip=clip, extra=dict(extra))
+                   clip=clip, clip_after=clip_after, extra=dict(extra))
     return base.with_options(options).validate()
 
 

@@ -68,18 +68,19 @@ class Plan:
 def output_rate(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> tuple[int, str]:
     """The output rate and a note for the user when a continuation cannot keep its clip's rate.
 
-    ``sample_rate`` when given; else a continuation keeps its clip's rate while that is one the
-    ``sample_rate`` option accepts, and is written at the model's rate otherwise (saying so).
+    ``sample_rate`` when given; else a continuation or a fill (which sit on their clip's track; a
+    fill: the first clip's) keeps its clip's rate while that is one the ``sample_rate`` option
+    accepts, and is written at the model's rate otherwise (saying so).
     """
     if request.sample_rate:
         return request.sample_rate, ""
-    if clip is None or request.mode != "continue":
+    if clip is None or request.mode not in ("continue", "infill"):
         return eng.sample_rate, ""
     spec = OPTIONS["sample_rate"]
     if spec.in_range(clip.sample_rate):
         return clip.sample_rate, ""
     return eng.sample_rate, (f"clip {clip.path} runs at {clip.sample_rate} Hz, and results are written at "
-                             f"{spec.limits()}: the continuation is written at {eng.sample_rate} Hz (give "
+                             f"{spec.limits()}: the {'fill' if request.mode == 'infill' else 'continuation'} is written at {eng.sample_rate} Hz (give "
                              "sample_rate to choose another)")
 
 

@@ -58,9 +58,11 @@ class Renderer:
             wave = audio.match_channels(audio.resample(clip.data, clip.sample_rate, eng.sample_rate), 1)
             chroma = eng.melody_chroma(wave, plan.frames)
         sampling = Sampling(temperature=request.temperature, top_k=request.top_k, top_p=request.top_p,
-                            guidance=request.guidance if plan.text.strip() or chroma is not None else 1.0)
+                            guidance=request.guidance if plan.text.strip() or chroma is not None
+                            or request.negative.strip() else 1.0)
         spec = GenerationSpec(prompt=plan.text, frames=plan.frames, variations=request.variations,
-                              sampling=sampling, seed=seed, prompt_codes=prompt_codes, chroma=chroma)
+                              sampling=sampling, seed=seed, prompt_codes=prompt_codes, chroma=chroma,
+                              negative=request.negative)
         try:
             codes = eng.generate_codes(spec, progress=progress, is_cancelled=is_cancelled,
                                        on_frames=None if writer is None else writer.on_frames)

@@ -67,8 +67,10 @@ class ResultStore:
 
     def write(self, job_id: str, request: Request, plan: Plan, seed: int, clip: audio.Clip | None,
               outputs: list[np.ndarray], elapsed: float, stem: str,
-              model: dict[str, Any], is_cancelled: Callable[[], bool] | None = None) -> tuple[list[Path], list[Path]]:
-        """Write each variation and its sidecar; returns (paths, sidecars).
+              model: dict[str, Any], details: dict[str, Any] | None = None,
+              is_cancelled: Callable[[], bool] | None = None) -> tuple[list[Path], list[Path]]:
+        """Write each variation and its sidecar (``details``: a loop's or fill's own record); returns
+        (paths, sidecars).
 
         ``is_cancelled`` is asked before each variation: a job cancelled while writing removes the
         files it wrote and raises Cancelled, so a cancelled job leaves no result behind.
@@ -88,7 +90,10 @@ class ResultStore:
             sidecar = path.with_name(path.name + ".json")
             try:
                 audio.write_atomic(path, data, plan.out_rate, request.format)
-                audio.write_json_atomic(sidecar, sidecar_for(job_id, request, plan, seed, clip, i, elapsed, model))
+                payload = sidecar_for(job_id, request, plan, seed, clip, i, elapsed, model)
+                if details is not None:
+                    payload[str(details.get("kind", request.mode))] = details  # a loop's or fill's own record
+                audio.write_json_atomic(sidecar, payload)
             except (OSError, RuntimeError) as exc:  # libsndfile reports a full disk as a RuntimeError
                 raise storage_error(exc, path, "write") from exc
             paths.append(path)

@@ -327,12 +327,20 @@ class TokenStream:
         return self.complete
 
 
+def guided_logits(logits: torch.Tensor, batch: int, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + guidance * (cond - uncond)``, conditional rows first.
+
+    The unconditional rows are the empty text's, or a negative prompt's (``Engine.condition``).
+    """
+    cond, uncond = logits[:batch], logits[batch:]
+    return uncond + (cond - uncond) * guidance
+
+
 def pick_tokens(logits: torch.Tensor, batch: int, sampling: Sampling, generator: torch.Generator | None
                 ) -> torch.Tensor:
     """Guidance, temperature, top-k, top-p, then a draw (or argmax); (rows, K, V) -> (batch, K)."""
     if sampling.uses_guidance:
-        cond, uncond = logits[:batch], logits[batch:]
-        logits = uncond + (cond - uncond) * sampling.guidance
+        logits = guided_logits(logits, batch, sampling.guidance)
     if sampling.greedy:
         return logits.argmax(dim=-1)
     logits = logits / sampling.temperature

@@ -38,6 +38,7 @@ class GenerationSpec:
     seed: int = 0
     prompt_codes: torch.Tensor | None = None  # (1, K, T0) codes of the audio prompt
     chroma: torch.Tensor | None = None  # (1, T_chroma, 12) one-hot melody chroma, melody models only
+    negative: str = ""  # guidance pushes away from this text instead of the empty one
 
 
 class Engine:
@@ -96,11 +97,18 @@ class Engine:
 
     # -- conditioning -------------------------------------------------------------------------
     @torch.inference_mode()
-    def condition(self, prompt: str, batch: int, sampling: Sampling, chroma: torch.Tensor | None) -> Conditioning:
-        """Encode the text (and melody) once for the whole generation, guidance rows included."""
+    def condition(self, prompt: str, batch: int, sampling: Sampling, chroma: torch.Tensor | None,
+                  negative: str = "") -> Conditioning:
+        """Encode the text (and melody) once for the whole generation, guidance rows included.
+
+        With guidance and a ``negative`` text, the unconditional rows hold that text's encoding instead
+        of the empty text's (a negative prompt: guidance pushes away from it).
+        """
         model = self.model
         device, dtype = self.loaded.device, self.loaded.dtype
         guided = sampling.uses_guidance
+        if guided and negative.strip():
+            return self._condition_with_negative(prompt, negative, batch, chroma)
         if prompt.strip():
             ids, mask = self.loaded.tokenizer([prompt] * batch)
             ids, mask = ids.to(device), mask.to(device)
@@ -119,6 +127,38 @@ class Engine:
         if not self.loaded.is_melody:
             return Conditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
         return Conditioning(prefix=torch.cat([self._melody_states(chroma, batch, guided), hidden], dim=1))
+
+    def _condition_with_negative(self, prompt: str, negative: str, batch: int,
+                                 chroma: torch.Tensor | None) -> Conditioning:
+        """The guided conditioning with ``negative``'s encoding in the unconditional rows.
+
+        Both texts go through the encoder in one padded batch; an empty prompt keeps the usual null
+        row (all masked), and the melody (melody models) stays on the conditional rows only.
+        """
+        model = self.model
+        ids, mask = self.loaded.tokenizer([prompt] * batch + [negative] * batch)
+        ids, mask = ids.to(self.loaded.device), mask.to(self.loaded.device)
+        hidden = model.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        if not prompt.strip():
+            mask = mask.clone()
+            mask[:batch] = 0
+        if hasattr(model, "enc_to_dec_proj") and (
+            model.config.text_encoder.hidden_size != model.config.decoder.hidden_size
+        ):
+            hidden = model.enc_to_dec_proj(hidden)
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        if not self.loaded.is_melody:
+            return Conditioning(encoder_hidden_states=hidden, encoder_attention_mask=mask)
+        return Conditioning(prefix=torch.cat([self._melody_states(chroma, batch, True), hidden], dim=1))
+
+    def check_text(self, text: str, what: str) -> None:
+        """BadArgs when ``text`` is longer than the text encoder takes (before any generation)."""
+        limit = self.loaded.max_text_tokens
+        if limit is not None and text.strip():
+            count = self.loaded.tokenizer.count(text)
+            if count > limit:
+                raise BadArgs(f"the {what} is {count} tokens long and the text encoder takes at most {limit}: "
+                              "shorten it")
 
     def _melody_states(self, chroma: torch.Tensor | None, batch: int, guided: bool) -> torch.Tensor:
         model = self.model
@@ -226,7 +266,7 @@ class Engine:
                 if spec.chroma is not None:
                     first = int(start * chroma_rate)
                     chroma = spec.chroma[:, first:]
-                cond_text = self.condition(spec.prompt, batch, spec.sampling, chroma)
+                cond_text = self.condition(spec.prompt, batch, spec.sampling, chroma, spec.negative)
             base = done
 
             def on_step(complete: int, steps: int, start: int = start, base: int = base) -> None:

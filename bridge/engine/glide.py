@@ -34,7 +34,7 @@ class Glide:
 
     start: Conditioning
     end: Conditioning
-    end_text: str
+    end_text: tuple[str, str]  # (text, negative prompt)
     guidance: tuple[float, float]
     temperature: tuple[float, float]
     first: int

@@ -52,6 +52,7 @@ class JamSettings:
     guidance: float = jam_default("guidance")
     top_k: int = jam_default("top_k")
     top_p: float = jam_default("top_p")
+    negative: str = jam_default("negative")
     seed: int | None = jam_default("seed")  # None: the jam draws one at random (the table's default)
     context_seconds: float = jam_default("context_seconds")
     glide_bars: int = jam_default("glide_bars")
@@ -64,6 +65,9 @@ class JamSettings:
         if seconds > MAX_SEGMENT_SECONDS:
             raise BadArgs(f"a jam segment of {self.bars} bars at {self.bpm:g} bpm is {seconds:.1f} s: "
                           f"give 1 bar or more and at most {MAX_SEGMENT_SECONDS:g} s a segment")
+        if self.negative.strip() and self.guidance <= 1.0:
+            raise BadArgs(f"a negative prompt works through guidance, and guidance {self.guidance:g} turns it off: "
+                          "set guidance above 1 (3 is the usual) or set negative to \"\"")
         return self
 
 
@@ -98,7 +102,7 @@ class Jam:
         self._grid_origin = 0  # sample where the current tempo's grid starts
         self._stream: TokenStream | None = None
         self._stream_start = 0  # the frame of the timeline where the stream's window starts
-        self._text: str | None = None  # the text the stream attends to
+        self._text: tuple[str, str] | None = None  # the (text, negative prompt) the stream attends to
         self._seed = int(self._settings.seed or 0)
         self._generator = torch.Generator(device=engine.loaded.device).manual_seed(self._seed)
         self._glide: Glide | None = None
@@ -158,7 +162,7 @@ class Jam:
                 self._generator.manual_seed(s.seed)
             text = tempo.tempo_text(s.prompt, s.bpm, s.beats_per_bar) if s.prompt.strip() else ""
             sampling = Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                                guidance=s.guidance if text else 1.0)
+                                guidance=s.guidance if text or s.negative.strip() else 1.0)
             glide_from = self._glide_start(before, s, text, start // hop)
             stream = self._stream_for(text, need_frames, s)
             if glide_from is not None:
@@ -186,14 +190,15 @@ class Jam:
     # -- glides (bridge.engine.glide) ---------------------------------------------------------------
     def _glide_start(self, before: JamSettings, s: JamSettings, text: str, frame: int) -> Any:
         """The conditioning a glide starts from, when this segment begins one; None when it jumps."""
-        changed = (s.prompt, s.guidance, s.temperature) != (before.prompt, before.guidance, before.temperature)
+        changed = (s.prompt, s.negative, s.guidance, s.temperature) != (before.prompt, before.negative, before.guidance,
+                                                                   before.temperature)
         if s.glide_bars <= 0 or not changed or self._stream is None or self._text is None or not text:
             return None
-        if self.engine.loaded.is_melody or not self._text:
+        if self.engine.loaded.is_melody or not self._text[0]:
             return None  # a melody's text is part of the sequence; from silence there is nothing to glide from
         if self._glide is not None:
             return self._glide.at(frame)[0]  # a new glide from where the running one is
-        return self._condition(self._text)
+        return self._condition(*self._text)
 
     def _begin_glide(self, start_cond: Any, before: JamSettings, s: JamSettings, text: str, start: int,
                      end: int) -> None:
@@ -204,7 +209,7 @@ class Jam:
             if old is not None else before.guidance
         temperature = old.temperature[0] + old.fraction(start // hop) * (old.temperature[1] - old.temperature[0]) \
             if old is not None else before.temperature
-        self._glide = Glide(start=start_cond, end=self._condition(text), end_text=text,
+        self._glide = Glide(start=start_cond, end=self._condition(text, s.negative), end_text=(text, s.negative),
                             guidance=(guidance, s.guidance), temperature=(temperature, s.temperature),
                             first=start // hop, last=max(last, end // hop))
 
@@ -214,8 +219,8 @@ class Jam:
         glide = self._glide
         if glide is None:
             return
-        if text != glide.end_text:  # the tempo (in the text) changed meanwhile: glide to the new text
-            glide.end, glide.end_text = self._condition(text), text
+        if (text, s.negative) != glide.end_text:  # the tempo (in the text) changed meanwhile: glide to the new text
+            glide.end, glide.end_text = self._condition(text, s.negative), (text, s.negative)
         bar_frames = max(1, round(self.engine.loaded.frame_rate * float(tempo.bar_seconds(s.bpm, s.beats_per_bar))))
         chunk = max(1, bar_frames // 8)
         until = need_frames - self._stream_start
@@ -230,7 +235,7 @@ class Jam:
             stream.advance(target, sampling, self._generator, is_cancelled=is_cancelled)
             if distance == 0.0:
                 self._glide = None  # arrived: the stream attends to the new text, as after a jump
-                self._text = text
+                self._text = (text, s.negative)
             if stream.complete == before:
                 break  # the window is full: the next segment re-prompts
 
@@ -249,13 +254,14 @@ class Jam:
         eng = self.engine
         stream = self._stream
         fits = stream is not None and need_frames - self._stream_start <= stream.capacity
-        if stream is not None and fits and text != self._text:
+        key = (text, s.negative)
+        if stream is not None and fits and key != self._text:
             try:
-                stream.set_conditioning(self._condition(text))
+                stream.set_conditioning(self._condition(*key))
             except ValueError:  # melody checkpoints: the text is part of the sequence
                 fits = False
             else:
-                self._text = text
+                self._text = key
         if stream is not None and fits:
             return stream
         self._take_frames()
@@ -267,10 +273,10 @@ class Jam:
         prompt = self.codes[:, :, have - context :] if context > 0 else None
         if stream is not None:
             self.reprompts += 1
-        self._stream = eng.loop.stream(self._condition(text), 1, eng.window_frames, guided=True, prompt=prompt)
-        self._stream_start, self._text = have - context, text
+        self._stream = eng.loop.stream(self._condition(*key), 1, eng.window_frames, guided=True, prompt=prompt)
+        self._stream_start, self._text = have - context, key
         return self._stream
 
-    def _condition(self, text: str) -> Any:
+    def _condition(self, text: str, negative: str = "") -> Any:
         # both rows of the guidance batch always: guidance may change at any segment
-        return self.engine.condition(text, 1, Sampling(guidance=3.0), None)
+        return self.engine.condition(text, 1, Sampling(guidance=3.0), None, negative)

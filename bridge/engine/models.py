@@ -36,6 +36,11 @@ class ByteTokenizer:
     eos_id = 1
     offset = 3
     vocab_size = 256 + offset
+    max_tokens: int | None = 256  # 255 bytes and the end token: what the call keeps
+
+    def count(self, text: str) -> int:
+        """Tokens ``text`` takes before any cut (its bytes and the end token)."""
+        return len(text.encode("utf-8")) + 1
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [[b + self.offset for b in text.encode("utf-8")[:255]] + [self.eos_id] for text in texts]
@@ -53,6 +58,13 @@ class HFTokenizer:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        limit = getattr(tokenizer, "model_max_length", None)
+        # tokenizers without a limit report a huge sentinel (int(1e30)): no limit then
+        self.max_tokens: int | None = int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+
+    def count(self, text: str) -> int:
+        """Tokens ``text`` takes before any cut (special tokens included)."""
+        return len(self._tokenizer(text, truncation=False)["input_ids"])
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._tokenizer(list(texts), padding=True, return_tensors="pt")
@@ -78,6 +90,11 @@ class LoadedModel:
     max_frames: int  # the decoder's trained window (about 30 s at 50 Hz for real checkpoints)
     #: how the fast decoder stores its weights (bridge/fast_decoder.py): fp32, fp16, bf16, int8 or int4
     precision: str = "fp32"
+
+    @property
+    def max_text_tokens(self) -> int | None:
+        """The most tokens the text encoder reads of one text (None: no stated limit)."""
+        return self.tokenizer.max_tokens
 
 
 def pick_device(requested: str = "auto") -> torch.device:

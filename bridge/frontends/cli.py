@@ -1,4 +1,4 @@
-"""`musicgen-bridge`: generate | continue | melody | serve | send | bench | devices | jam.
+"""`musicgen-bridge`: generate | continue | melody | loop | infill | serve | send | bench | devices | jam.
 
 Written paths go to stdout, one per line (the last line is the main result); progress goes to
 stderr; every failure is one line on stderr and a non-zero exit code, never a traceback.
@@ -86,10 +86,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 #: the options only ``continue`` has flags for; every other ``cli`` option is a flag of every one-shot command
 _CONTINUE_ONLY = ("prompt_seconds", "include_prompt")
+#: the options only ``loop`` and ``infill`` have flags for
+_LOOP_ONLY = ("candidates",)
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    add_option_flags(p, [name for name in names("cli") if name not in _CONTINUE_ONLY])
+    add_option_flags(p, [name for name in names("cli") if name not in _CONTINUE_ONLY + _LOOP_ONLY])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -116,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     mel.add_argument("prompt", help="the text prompt describing the style")
     _add_generation_args(mel)
     _add_model_args(mel)
+
+    loop = sub.add_parser("loop", help="a loop that repeats without a seam (exactly --bars at --bpm, or --seconds)")
+    loop.add_argument("prompt", help="the text prompt")
+    add_option_flags(loop, _LOOP_ONLY)
+    _add_generation_args(loop)
+    _add_model_args(loop)
+
+    fill = sub.add_parser("infill", help="new audio between two clips: continues BEFORE and leads into AFTER")
+    fill.add_argument("clip", metavar="before", help="the audio file the fill follows")
+    fill.add_argument("after", help="the audio file the fill leads into")
+    fill.add_argument("prompt", nargs="?", default="", help="an optional text prompt")
+    add_option_flags(fill, _CONTINUE_ONLY + _LOOP_ONLY)
+    _add_generation_args(fill)
+    _add_model_args(fill)
 
     _add_optional_commands(sub)
     return parser
@@ -156,17 +172,21 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.options import Request  # noqa: PLC0415
 
-    mode = {"generate": "text", "continue": "continue", "melody": "melody"}[args.command]
-    kind = {"text": JobKind.GENERATE, "continue": JobKind.CONTINUE, "melody": JobKind.MELODY}[mode]
+    mode = {"generate": "text", "continue": "continue", "melody": "melody", "loop": "loop",
+            "infill": "infill"}[args.command]
+    kind = {"text": JobKind.GENERATE, "continue": JobKind.CONTINUE, "melody": JobKind.MELODY, "loop": JobKind.LOOP,
+            "infill": JobKind.INFILL}[mode]
     config = _config_from_args(args)
+    after = getattr(args, "after", None)
     # Check the arguments before spending seconds on loading the model.
     Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
-            clip=getattr(args, "clip", None)).with_options(
+            clip=getattr(args, "clip", None), clip_after=after).with_options(
         _options_from_args(args)).validate()
-    if getattr(args, "clip", None):
-        from bridge.audio import probe_clip  # noqa: PLC0415
+    for path in (getattr(args, "clip", None), after):
+        if path:
+            from bridge.audio import probe_clip  # noqa: PLC0415
 
-        probe_clip(args.clip)  # a missing or broken clip is not_found / bad_audio before the model loads
+            probe_clip(path)  # a missing or broken clip is not_found / bad_audio before the model loads
     check_output_folder(config.resolved_output_dir())  # refuse now, not after minutes of generating
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
@@ -176,7 +196,7 @@ def _run_one_shot(args: argparse.Namespace) -> int:
             raise BadArgs(f"melody mode needs a melody checkpoint, and {config.model} is not one: run the command "
                           "again with --model facebook/musicgen-melody (or tiny-random-melody to test)")
         request = app.bridge.make_request(mode, args.prompt, args.seconds, getattr(args, "clip", None),
-                                          _options_from_args(args))
+                                          _options_from_args(args), clip_after=after)
         result = run_job(app, request, kind)
     finally:
         app.close()
@@ -241,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         _quiet_libraries()
     try:
-        if args.command in ("generate", "continue", "melody"):
+        if args.command in ("generate", "continue", "melody", "loop", "infill"):
             return _run_one_shot(args)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)

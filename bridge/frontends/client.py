@@ -32,7 +32,8 @@ from bridge.frontends.osc.transport import (
     length_encode,
 )
 
-JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/preset")
+JOB_ADDRESSES = ("/musicgen/generate", "/musicgen/continue", "/musicgen/melody", "/musicgen/loop", "/musicgen/infill",
+                 "/musicgen/preset")
 TIMEOUT_EXIT = 124  # as timeout(1): --timeout ran out before the answer
 UNREACHABLE_EXIT = 69  # sysexits' EX_UNAVAILABLE: no bridge answered at that address
 REACH_SECONDS = 3.0

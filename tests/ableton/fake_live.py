@@ -341,6 +341,12 @@ class Track(Listeners):
         self._fire("arrangement_clips")
         return clip
 
+    def delete_clip(self, clip: Clip, /) -> None:
+        if clip not in self._arrangement:
+            raise RuntimeError("the clip is not on this track")
+        self._arrangement.remove(clip)
+        self._fire("arrangement_clips")
+
     def create_midi_clip(self, start_time: float, length: float, /) -> Clip:
         if self._audio:
             raise RuntimeError("MIDI clips can only be created on MIDI tracks")

@@ -111,6 +111,7 @@ reaper = {
   RefreshToolbar2 = function(_section, _command) end,
 }
 
+if env("EXTRA") then dofile(env("EXTRA")) end  -- more of the project (tests/lua/items.lua: items, a time selection)
 dofile(script)
 -- REAPER runs deferred functions about 30 times a second; so does this loop, for a bounded time.
 local deadline = clock() + num("SECONDS", "120")

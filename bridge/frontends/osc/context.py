@@ -43,7 +43,7 @@ class Facts(Protocol):
     def info(self) -> dict[str, Any]: ...
 
     def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,
-                     options: dict[str, Any]) -> Any: ...
+                     options: dict[str, Any], clip_after: str | None = None) -> Any: ...
 
     def preset_request(self, bank: str, preset: str, options: dict[str, Any]) -> Any: ...
 
@@ -89,6 +89,8 @@ ADDRESS_OF: dict[JobKind, str] = {
     JobKind.MELODY: "/musicgen/melody",
     JobKind.PRESET: "/musicgen/preset",
     JobKind.JAM: "/musicgen/jam/start",
+    JobKind.LOOP: "/musicgen/loop",
+    JobKind.INFILL: "/musicgen/infill",
 }
 """The request address of each kind of job: ``done``, ``fail`` and ``/musicgen/job`` name it."""
 

@@ -282,6 +282,28 @@ def melody(ctx: Context, *, job_id: str, clip: str, prompt: str, seconds: float,
                JobKind.MELODY)
 
 
+@routes.add("/musicgen/loop", options="typed", job_id=ID, prompt=PROMPT, seconds=SECONDS)
+def loop(ctx: Context, *, job_id: str, prompt: str, seconds: float, options: dict[str, Any]) -> None:
+    """Generate a loop that repeats without a seam: exactly `seconds`, or `bars` at `bpm` (`seconds` 0); `candidates` bridges are scored.
+
+    Replies: same as `/musicgen/generate` (no chunks)
+    """
+    ctx.submit(job_id, ctx.bridge.make_request("loop", prompt, seconds, None, options), JobKind.LOOP)
+
+
+@routes.add("/musicgen/infill", options="typed", job_id=ID, before=arg("<clip before>", TEXT),
+            after=arg("<clip after>", TEXT), prompt=PROMPT, seconds=SECONDS)
+def infill(ctx: Context, *, job_id: str, before: str, after: str, prompt: str, seconds: float,
+           options: dict[str, Any]) -> None:
+    """Fill the gap between two clips: continues the first, leads into the second, at the first's rate (`include_prompt 1`: before + fill + after).
+
+    Replies: same as `/musicgen/generate` (no chunks)
+    """
+    request = ctx.bridge.make_request("infill", prompt, seconds, ctx.clip(before, "clip before"), options,
+                                      clip_after=ctx.clip(after, "clip after"))
+    ctx.submit(job_id, request, JobKind.INFILL)
+
+
 @routes.add("/musicgen/preset", options="typed", job_id=ID, bank=arg("<bank>", TEXT), preset=arg("<preset>", TEXT))
 def preset(ctx: Context, *, job_id: str, bank: str, preset: str, options: dict[str, Any]) -> None:
     """Run a preset from a bank; options override the preset's own.

@@ -11,9 +11,23 @@ import random
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import placing
+from . import loopfill, placing
 from .link import BridgeLink
-from .names import CONTINUE, DONE, GENERATE, JAM, JAMMING, MELODY, QUEUED, STOPPING, PromptName, parse_name, percent
+from .names import (
+    CONTINUE,
+    DONE,
+    FILL,
+    GENERATE,
+    JAM,
+    JAMMING,
+    LOOP,
+    MELODY,
+    QUEUED,
+    STOPPING,
+    PromptName,
+    parse_name,
+    percent,
+)
 from .osc import Value, first_float
 from .settings import Settings
 
@@ -24,8 +38,9 @@ if TYPE_CHECKING:
     from Live.Track import Track
 
 ADDRESSES = {GENERATE: "/musicgen/generate", CONTINUE: "/musicgen/continue", MELODY: "/musicgen/melody",
-             JAM: "/musicgen/jam/start"}
-WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam"}
+             JAM: "/musicgen/jam/start", LOOP: "/musicgen/loop", FILL: "/musicgen/infill"}
+WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam",
+        LOOP: "a seamless loop", FILL: "a fill"}
 SERVE = "start it with `musicgen-bridge serve`"
 
 
@@ -47,6 +62,7 @@ class Job:
         self.message: tuple[str, list[Value]] = ("", [])  # the request, sent again if a restarted bridge lost it
         self.shown: str | None = None
         self.segments = 0
+        self.gap: loopfill.Gap | None = None  # mg fill: where the fill goes
 
     @property
     def label(self) -> str:
@@ -193,7 +209,8 @@ class Controller:
         jam = self._jam()
         if jam is not None and jam.clip == clip:
             if request is not None and request.kind == JAM and request.prompt != jam.request.prompt:
-                self._send("/musicgen/jam/set", ["prompt", request.prompt])
+                prompt, negative = loopfill.split_negative(request.prompt)
+                self._send("/musicgen/jam/set", ["prompt", prompt, "negative", negative])
                 state, jam.request, jam.shown = jam.shown or JAMMING, request, None
                 self._set_state(jam, state)
                 self.say(f"the jam takes the prompt '{request.prompt}' from its next segment")
@@ -243,6 +260,10 @@ class Controller:
         self.jobs.append(job)
         if kind == JAM and slot is None:
             return self._fail(job, "bad_args", "a jam clip works in Session view: launch it there")
+        if kind == FILL and slot is not None:
+            return self._fail(job, "bad_args", "mg fill: works in the Arrangement: put an empty MIDI clip between "
+                                               "two audio clips there")
+        prompt, negative = loopfill.split_negative(request.prompt)
         source: list[Value] = []
         if kind in (CONTINUE, MELODY):
             path = clip.file_path if clip.is_audio_clip else ""
@@ -254,9 +275,18 @@ class Controller:
         if kind == JAM:
             if self._bridge_in_link:  # Live and the bridge share the Link session: its tempo and bar lines
                 tempo = ["bars", bars, "beats_per_bar", bar.beats_per_bar, "sync", "link"]
-            args = [job.id, request.prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
+            args = [job.id, prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
+        elif kind == FILL:
+            try:
+                job.gap = loopfill.find_gap(song, track, clip)
+            except placing.NotPlaced as exc:
+                return self._fail(job, "bad_args", str(exc))
+            args = loopfill.fill_request(job.id, prompt, negative, job.gap, song.tempo)  # type: ignore[assignment]
+            source = args[1:3]
+            negative = ""  # already among the fill's arguments
         else:
-            args = [job.id, *source, request.prompt, 0.0, *tempo]
+            args = [job.id, *source, prompt, 0.0, *tempo]
+        args += loopfill.negative_options(negative)  # type: ignore[arg-type]
         if self._connected is not True:
             self._send("/musicgen/notify", [self.link.port] if self.link else [])
         job.message = (ADDRESSES[kind], args)
@@ -361,7 +391,7 @@ class Controller:
         if job.request.kind == JAM:  # the take is whole segments of the jam's bars
             bar_seconds = job.bar.beats_per_bar * 60.0 / job.bar.bpm
             job.bars = max(1, int(seconds / bar_seconds + 0.5)) if seconds > 0 else job.bars
-        beats = job.bars * job.bar.quarters_per_bar
+        beats = job.gap.beats if job.gap is not None else job.bars * job.bar.quarters_per_bar
         try:
             if not os.path.isabs(path):
                 raise placing.NotPlaced(f"the bridge sent {path!r}, not an absolute path")
@@ -377,6 +407,9 @@ class Controller:
         if job in self.jobs:
             self.jobs.remove(job)
         self._set_state(job, DONE)
+        if job.gap is not None:  # the fill replaces its mg fill: clip
+            kept = loopfill.remove_prompt_clip(job.track, job.clip)
+            problem = kept if problem is None else problem
         self._log(f"MusicGenBridge: done {job.id}: {path} -> {where}")
         note = "; " + problem if problem else ""
         self.say(f"{job.label} is on {where} ({job.bars} bars){note}")
@@ -384,6 +417,8 @@ class Controller:
 
     def _place(self, job: Job, path: str, beats: float) -> tuple[Clip | None, str]:
         song, name = self.song, job.request.prompt or "MusicGen"
+        if job.gap is not None:
+            return loopfill.place_fill(job.gap, path)
         continuing = job.request.kind == CONTINUE
         if job.slot is not None:
             slot, where = placing.session_target(song, job.track, job.slot, continuing, name)

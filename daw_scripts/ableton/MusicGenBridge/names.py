@@ -1,4 +1,5 @@
-"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, and the state shown after it."""
+"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, `mg loop:`, `mg fill:`, and the state
+shown after it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import re
 from typing import NamedTuple
 
 GENERATE, CONTINUE, MELODY, JAM = "generate", "continue", "melody", "jam"
-_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM}
-_NAME = re.compile(r"^\s*mg(\+|~| jam)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$", re.IGNORECASE | re.DOTALL)
+LOOP, FILL = "loop", "fill"
+_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM, " loop": LOOP, " fill": FILL}
+_NAME = re.compile(r"^\s*mg(\+|~| jam| loop| fill)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$",
+                   re.IGNORECASE | re.DOTALL)
 
 QUEUED, DONE, JAMMING, STOPPING = "queued", "done", "jamming", "stopping"
 
