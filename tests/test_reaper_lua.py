@@ -131,14 +131,32 @@ def _finish(proc, timeout=60):
 
 
 def _inserted(out):
-    """(path, position, track) of each INSERTED line."""
+    """(path, position, track) of each file inserted (InsertMedia) or left as an item when the script ended."""
     found = []
     for line in out.splitlines():
         if line.startswith("INSERTED "):
             path, rest = line[len("INSERTED ") :].rsplit(" AT ", 1)
             position, _, track, *_ = rest.split()
             found.append((path, float(position), int(track)))
+        elif line.startswith("PROJECT ITEM "):
+            item = _item(line[len("PROJECT ") :])
+            found.append((item["path"], item["at"], item["track"]))
     return found
+
+
+def _item(line):
+    """An ITEM line: {"id", "path", "at", "len", "track", "play"} ("play": the play cursor then, -1 stopped)."""
+    head, rest = line[len("ITEM ") :].split(" ", 1)
+    path, rest = rest.rsplit(" AT ", 1)
+    words = rest.split()
+    fields = dict(zip(words[1::2], words[2::2], strict=False))
+    return {"id": int(head), "path": path, "at": float(words[0]), "len": float(fields["LEN"]),
+            "track": int(fields["TRACK"]), "play": float(fields.get("PLAY", "-1"))}
+
+
+def _items(out):
+    """Each ITEM line (an item placed), in order."""
+    return [_item(line) for line in out.splitlines() if line.startswith("ITEM ")]
 
 
 @pytest.mark.parametrize(("num", "denom", "bpm", "beats"), [(4, 4, 92.0, 4), (6, 8, 92.0, 3), (7, 8, 184.0, 7),
@@ -149,7 +167,7 @@ def test_generate_sends_the_project_tempo_and_inserts_at_the_cursor(daemon, tmp_
     args = daemon.expect("/musicgen/generate")
     job_id = args[0]
     assert job_id.startswith("reaper-gen-")
-    assert args[1:] == ["dusty, lofi keys", 0.0, "bpm", bpm, "bars", 2, "beats_per_bar", beats]
+    assert args[1:] == ["dusty, lofi keys", 0.0, "bpm", bpm, "bars", 2, "beats_per_bar", beats, "stream", 1]
     result = str(tmp_path / "take one.wav")
     daemon.reply("/musicgen/queued", job_id, 0)
     daemon.reply("/musicgen/progress", job_id, 0.5)
@@ -184,7 +202,7 @@ def test_continue_sends_the_item_and_inserts_right_after_it(daemon, tmp_path):
     proc = _start("musicgen_continue.lua", _env(daemon.port, input=",1", bpm=120, item=clip, item_pos=4.0,
                                                 item_len=3.0, tracks=3, selected_track=1, item_track=3))
     args = daemon.expect("/musicgen/continue")
-    assert args[1:] == [str(clip), "", 0.0, "bpm", 120.0, "bars", 1, "beats_per_bar", 4]
+    assert args[1:] == [str(clip), "", 0.0, "bpm", 120.0, "bars", 1, "beats_per_bar", 4, "stream", 1]
     daemon.reply("/musicgen/done", "/musicgen/continue", args[0], "/r/next.wav", 2.0)
     assert _inserted(_finish(proc)) == [("/r/next.wav", 7.0, 3)]  # after the item, on the item's track
 
@@ -207,7 +225,7 @@ def test_melody_goes_on_a_new_track_below_the_item(daemon, tmp_path):
     proc = _start("musicgen_melody.lua", _env(daemon.port, input="string quartet,2", bpm=100, item=tune,
                                               item_pos=8.0, item_len=4.0, tracks=2, item_track=1))
     args = daemon.expect("/musicgen/melody")
-    assert args[1:] == [str(tune), "string quartet", 0.0, "bpm", 100.0, "bars", 2, "beats_per_bar", 4]
+    assert args[1:] == [str(tune), "string quartet", 0.0, "bpm", 100.0, "bars", 2, "beats_per_bar", 4, "stream", 1]
     daemon.reply("/musicgen/done", "/musicgen/melody", args[0], "/r/quartet.wav", 4.8)
     out = _finish(proc)
     assert "NEW TRACK 2" in out and _inserted(out) == [("/r/quartet.wav", 8.0, 2)]
@@ -276,6 +294,84 @@ def test_import_last_without_the_bridge_uses_the_remembered_file(tmp_path, unuse
     assert "MESSAGE musicgen-bridge: not_found  nothing was made from REAPER yet" in nothing
 
 
+# -- streaming onto the timeline (fake daemon) ----------------------------------------------------------
+
+
+def _chunks(make_clip, seconds=(1.0, 0.5)):
+    """Chunk files of these lengths at 32 kHz, and (start, path) for each as the bridge announces them."""
+    found, start = [], 0.0
+    for i, length in enumerate(seconds):
+        found.append((start, str(make_clip(seconds=length, rate=32000, channels=1, name=f"{i:04d}.wav"))))
+        start += length
+    return found
+
+
+def test_streamed_chunks_land_end_to_end_then_the_final_file_replaces_them(daemon, make_clip):
+    proc = _start("musicgen_generate.lua", _env(daemon.port, input="keys,1", cursor=12.5, tracks=2, selected_track=2))
+    args = daemon.expect("/musicgen/generate")
+    job_id = args[0]
+    assert args[-2:] == ["stream", 1]
+    chunks = _chunks(make_clip)
+    for index, (start, path) in enumerate(chunks):
+        daemon.reply("/musicgen/chunk", job_id, index, path, start, 1.0)
+    final = str(make_clip(seconds=1.5, rate=32000, channels=1, name="final.wav"))
+    daemon.reply("/musicgen/done", "/musicgen/generate", job_id, final, 1.5)
+    out = _finish(proc)
+    first, second, placed = _items(out)
+    assert (first["path"], first["at"], first["len"], first["track"]) == (chunks[0][1], 12.5, 1.0, 2)
+    assert (second["path"], second["at"], second["len"]) == (chunks[1][1], 13.5, 0.5)  # end to end
+    assert (placed["path"], placed["at"], placed["len"], placed["track"]) == (final, 12.5, 1.5, 2)
+    lines = out.splitlines()
+    swap = lines[lines.index(f"DELETED ITEM {first['id']}") :]
+    assert swap[:4] == [f"DELETED ITEM {first['id']}", f"DELETED ITEM {second['id']}",
+                        f"ITEM {placed['id']} {final} AT 12.500000000 LEN 1.500000000 TRACK 2 PLAY -1.000000",
+                        "UNDO MusicGen: insert final.wav"]  # one undo step
+    assert _inserted(out) == [(final, 12.5, 2)]  # nothing else is left
+
+
+def test_a_stream_that_fails_or_is_cancelled_leaves_the_project_as_it_was(daemon, make_clip, tmp_path):
+    state = tmp_path / "extstate"
+    proc = _start("musicgen_continue.lua", _env(daemon.port, input=",1", item=make_clip(seconds=2.0), item_pos=4.0,
+                                                item_len=2.0, state=state))
+    job_id = daemon.expect("/musicgen/continue")[0]
+    (start, path), = _chunks(make_clip, (1.0,))
+    daemon.reply("/musicgen/chunk", job_id, 0, path, start, 1.0)
+    cancel = _finish(_start("musicgen_cancel.lua", _env(daemon.port, state=state)))  # the cancel action
+    assert daemon.expect("/musicgen/cancel") == [job_id] and "MESSAGE" not in cancel
+    daemon.reply("/musicgen/fail", "/musicgen/continue", job_id, "cancelled", "the job was cancelled")
+    out = _finish(proc)
+    [chunk] = _items(out)
+    assert chunk["at"] == 6.0 and f"DELETED ITEM {chunk['id']}" in out and _inserted(out) == []
+    assert "MESSAGE musicgen-bridge: cancelled  the job was cancelled (the streamed items were removed)" in out
+    nothing = _finish(_start("musicgen_cancel.lua", _env(daemon.port, state=state)))
+    assert "MESSAGE musicgen-bridge: not_found  nothing is streaming" in nothing
+
+
+def test_a_bridge_that_dies_mid_stream_removes_the_chunks_and_says_why(daemon, make_clip):
+    env = _env(daemon.port, input="keys,1")
+    env["MUSICGEN_BRIDGE_TIMEOUT"] = "2"  # silence for this long (at most 10 s) means the bridge is gone
+    proc = _start("musicgen_generate.lua", env)
+    job_id = daemon.expect("/musicgen/generate")[0]
+    (start, path), = _chunks(make_clip, (1.0,))
+    daemon.reply("/musicgen/chunk", job_id, 0, path, start, 1.0)
+    daemon.expect("/musicgen/ping")  # asked whether it is still there; no answer: it died
+    out = _finish(proc)
+    [chunk] = _items(out)
+    assert f"DELETED ITEM {chunk['id']}" in out and _inserted(out) == []
+    assert "MESSAGE musicgen-bridge: no_bridge" in out and "stopped answering" in out and "removed" in out
+
+
+def test_stream_0_inserts_only_when_done(daemon, tmp_path):
+    state = tmp_path / "extstate"
+    state.write_text("musicgen_bridge/stream=0\n", encoding="utf-8")
+    proc = _start("musicgen_generate.lua", _env(daemon.port, input="keys,1", cursor=3.0, state=state))
+    args = daemon.expect("/musicgen/generate")
+    assert "stream" not in args
+    daemon.reply("/musicgen/done", "/musicgen/generate", args[0], "/r/a.wav", 2.0)
+    out = _finish(proc)
+    assert _inserted(out) == [("/r/a.wav", 3.0, 1)] and not _items(out)
+
+
 # -- the scripts against the real daemon --------------------------------------------------------------
 
 
@@ -292,7 +388,16 @@ def test_generate_script_inserts_the_bar_exact_result(osc_server, tiny_bridge, t
     out = _finish(_start("musicgen_generate.lua", _env(server.port, input="dusty lofi keys,2", bpm=92, cursor=12.5,
                                                       state=state)))
     [(path, at, _track)] = _inserted(out)
-    assert at == 12.5 and sf.info(path).frames == bars_to_samples(2, 92.0, 32000)
+    frames = bars_to_samples(2, 92.0, 32000)
+    assert at == 12.5 and sf.info(path).frames == frames
+    *chunks, final = _items(out)
+    assert chunks, "the result streamed in chunks"
+    position = 12.5
+    for chunk in chunks:  # each chunk item logged end to end, then removed
+        assert chunk["at"] == pytest.approx(position, abs=1e-9) and f"DELETED ITEM {chunk['id']}" in out
+        position += chunk["len"]
+    assert position == pytest.approx(12.5 + frames / 32000, abs=1e-9)
+    assert (final["path"], final["at"]) == (path, 12.5) and round(final["len"] * 32000, 6) == frames  # to the sample
     again = _finish(_start("musicgen_import_last.lua", _env(server.port, state=state, cursor=40.0)))
     assert _inserted(again) == [(path, 40.0, 1)]  # /musicgen/job on the real daemon
 
@@ -346,9 +451,11 @@ def test_reapack_index_lists_every_script_with_the_library_and_is_up_to_date():
     [package] = index.iter("reapack")
     [version] = package.iter("version")
     sources = {s.get("file"): (s.get("main"), s.text) for s in version.iter("source")}
-    actions = {p.name for p in SCRIPTS.glob("*.lua")} - {"musicgen_lib.lua", "make_reapack_index.lua"}
+    not_actions = {p.name for p in SCRIPTS.glob("*.lua") if "-- @noindex" in p.read_text(encoding="utf-8")}
+    actions = {p.name for p in SCRIPTS.glob("*.lua")} - not_actions
     assert {f for f, (main, _url) in sources.items() if main == "main"} == actions
-    assert sources["musicgen_lib.lua"] == (None, f"{INDEX_BASE}/musicgen_lib.lua")  # installed, not an action
+    for library in not_actions - {"make_reapack_index.lua"}:  # installed, not actions
+        assert sources[library] == (None, f"{INDEX_BASE}/{library}")
     for script in actions:
         header = (SCRIPTS / script).read_text(encoding="utf-8")
         assert re.search(rf"^-- @version {re.escape(version.get('name'))}$", header, re.M), script
