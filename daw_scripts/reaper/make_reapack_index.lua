@@ -6,8 +6,8 @@
 -- Every script must carry the same "-- @version"; bump it in all of them for a release.
 local SCRIPTS = { "musicgen_generate.lua", "musicgen_continue.lua", "musicgen_melody.lua",
                   "musicgen_jam_toggle.lua", "musicgen_import_last.lua", "musicgen_cancel.lua",
-}
-local LIBRARIES = { "musicgen_lib.lua", "musicgen_timeline.lua", "musicgen_stream.lua" }
+                  "musicgen_jam_set.lua" }
+local LIBRARIES = { "musicgen_lib.lua", "musicgen_timeline.lua", "musicgen_stream.lua", "musicgen_jam_timeline.lua" }
 
 local base = assert(arg[1], "usage: lua5.4 make_reapack_index.lua BASE_URL > index.xml"):gsub("/+$", "")
 local here = (arg[0]:match("^(.*[/\\])") or "./")

@@ -12,6 +12,7 @@
 --   ITEM_OFFSET, ITEM_RATE, ITEM_SOURCE_LEN, ITEM_TRACK, STATE (a file that keeps ExtState between
 --   runs), SECONDS (how long deferred functions may run).
 local script = arg[1]
+io.stdout:setvbuf("line")  -- the tests read what a long-running script did while it runs
 local env = function(key, default) return os.getenv("HARNESS_" .. key) or default end
 local num = function(key, default) return tonumber(env(key, default)) end
 local socket_ok, socket = pcall(require, "socket")
@@ -125,6 +126,7 @@ local deadline = clock() + num("SECONDS", "120")
 while #deferred > 0 and clock() <= deadline do
   local now = deferred
   deferred = {}
+  timeline.tick()
   for _, fn in ipairs(now) do fn() end
   if socket_ok then socket.sleep(0.01) else os.execute("sleep 0.03") end
 end

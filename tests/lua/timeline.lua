@@ -10,28 +10,35 @@
 --   PROJECT ITEM <id> <path> AT <s> LEN <s> TRACK <n> NAME <track name>   each item left when the script ends
 -- Environment (HARNESS_*): PLAYING (1: the project plays from the start of the run), PLAY_FROM (where
 -- the play cursor starts, seconds), PLAY_SPEED (project seconds per real second: above 1 is a machine
--- slower than real time, seen from the model's side).
+-- slower than real time, seen from the model's side). The cursor moves between deferred cycles.
 return function(reaper, h)
   local items, next_id = {}, 1
-  local t0 = h.clock()
   local playing = h.env("PLAYING", "0") == "1"
-  local play_from, speed = h.num("PLAY_FROM", "0"), h.num("PLAY_SPEED", "1")
+  local play, speed = h.num("PLAY_FROM", "0"), h.num("PLAY_SPEED", "1")
+  local last_tick = h.clock()
   local at_exit = {}
   local selected_item_info = reaper.GetMediaItemInfo_Value
   local selected_source_length = reaper.GetMediaSourceLength
   local selected_item_track = reaper.GetMediaItem_Track
   local validate = reaper.ValidatePtr2
 
+  -- The play cursor moves between deferred cycles (by the time that passed, times PLAY_SPEED) and
+  -- stands still within one, as REAPER's does within one run of a deferred function.
   local function play_position()
     if not playing then return -1 end
-    return play_from + (h.clock() - t0) * speed
+    return play
+  end
+  local function tick()
+    local now = h.clock()
+    if playing then play = play + (now - last_tick) * speed end
+    last_tick = now
   end
 
   -- frames and sample rate of a WAV file (RIFF "fmt " and "data" chunks), or nil
   local function wav_info(path)
     local f = io.open(path, "rb")
     if not f then return nil end
-    local data = f:read("a")
+    local data = f:read(4096)  -- the header: the chunks before "data" are small
     f:close()
     if #data < 12 or data:sub(1, 4) ~= "RIFF" or data:sub(9, 12) ~= "WAVE" then return nil end
     local pos, rate, align = 13, nil, nil
@@ -152,6 +159,7 @@ return function(reaper, h)
   reaper.atexit = function(fn) at_exit[#at_exit + 1] = fn end
 
   return {
+    tick = tick,
     exit = function()
       for _, fn in ipairs(at_exit) do fn() end
       for _, item in ipairs(items) do
