@@ -6,23 +6,22 @@ daemon on a real UDP socket and the real daemon on tiny-random.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 
 import pytest
 import soundfile as sf
-from test_reaper_lua import (
-    LUA,
-    SCRIPTS,
-    _env,
-    _finish,
-    _inserted,
-    _items,
-    _start,
-    daemon,  # noqa: F401  (a fixture)
-)
+from test_reaper_lua import LUA, FakeDaemon, _env, _finish, _inserted, _items, _start
 
 pytestmark = pytest.mark.skipif(LUA is None, reason="lua5.4 is not installed (apt-get install lua5.4 lua-socket)")
+
+
+@pytest.fixture
+def daemon():
+    fake = FakeDaemon()
+    yield fake
+    fake.close()
 
 
 # -- streaming onto the timeline (fake daemon) ----------------------------------------------------------
@@ -154,7 +153,7 @@ def _on_the_grid(items, bar=2.0):
         assert item["play"] >= 0, "the project plays"
         assert item["at"] - item["play"] >= MARGIN - 1e-6, f"placed {item['at'] - item['play']:.3f} s ahead: {item}"
         assert abs(item["at"] / bar - round(item["at"] / bar)) < 1e-9, f"not on a bar: {item}"
-    for before, after in zip(items, items[1:], strict=False):
+    for before, after in itertools.pairwise(items):
         assert after["at"] >= before["at"] + before["len"] - 1e-9, f"overlap: {before} {after}"
 
 
@@ -221,7 +220,7 @@ def test_jam_timeline_on_the_real_daemon_and_a_new_prompt(osc_server, tiny_bridg
     out = jam.finish()
     items = _items(out)
     _on_the_grid(items)
-    assert [round(b["at"] - a["at"], 9) for a, b in zip(items, items[1:], strict=False)] == [2.0] * (len(items) - 1)
+    assert [round(b["at"] - a["at"], 9) for a, b in itertools.pairwise(items)] == [2.0] * (len(items) - 1)
     for item in items:  # each segment is one bar at 120 bpm, to the sample
         assert round(item["len"] * 32000, 6) == 64000 == sf.info(item["path"]).frames
     assert sum(line.startswith("PROJECT ITEM ") for line in out.splitlines()) == len(items)

@@ -54,7 +54,7 @@ def plan(request: Request, clip: audio.Clip | None, eng: EngineFacts) -> Plan:
     """Exact output length, rate and the frames to generate for ``request``."""
     rate_default = clip.sample_rate if (clip is not None and request.mode == "continue") else eng.sample_rate
     out_rate = request.sample_rate or rate_default
-    text = request.prompt
+    text = key_text(request.prompt, request.key)
     if request.bars is not None and request.bpm is not None:
         out_samples = tempo.bars_to_samples(request.bars, request.bpm, out_rate, request.beats_per_bar)
         text = tempo.tempo_text(text, request.bpm, request.beats_per_bar) if text.strip() else text
@@ -70,6 +70,13 @@ def plan(request: Request, clip: audio.Clip | None, eng: EngineFacts) -> Plan:
     seam = round(Fraction(prompt_frames * eng.hop * out_rate, eng.sample_rate))
     return Plan(out_rate=out_rate, out_samples=out_samples, text=text, frames=frames,
                 prompt_frames=prompt_frames, seam=seam)
+
+
+def key_text(prompt: str, key: str | None) -> str:
+    """The text prompt with the key in words ("dusty keys, in A minor"), as captions state a key."""
+    if not key or not prompt.strip() or f"in {key.lower()}" in prompt.lower():
+        return prompt
+    return f"{prompt.rstrip(' .,')}, in {key}"
 
 
 def prompt_frames_for(request: Request, clip: audio.Clip, eng: EngineFacts) -> int:

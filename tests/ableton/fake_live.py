@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable
 
 import soundfile as sf
+from ableton.fake_transport import Transport
 
 
 class Listeners:
@@ -349,6 +350,12 @@ class Track(Listeners):
     def t_put_audio(self, path: str, start_time: float, name: str = "") -> Clip:
         return self._insert(Clip(name=name, file_path=path, start_time=start_time, arrangement=True))
 
+    def delete_clip(self, clip: Clip, /) -> None:
+        if clip not in self._arrangement:
+            raise RuntimeError("the clip belongs to another track")
+        self._arrangement.remove(clip)
+        self._fire("arrangement_clips")
+
 
 class TrackCreatingAudio(Track):
     """Live 12.2 and later: ``create_audio_clip`` returns the clip."""
@@ -384,7 +391,7 @@ VERSIONS: dict[str, tuple[type[Track], type[ClipSlot]]] = {
 }
 
 
-class Song(Listeners):
+class Song(Listeners, Transport):
     def __init__(self, version: str = "12.3", tempo: float = 120.0, numerator: int = 4, denominator: int = 4,
                  scenes: int = 4) -> None:
         super().__init__()
@@ -393,6 +400,7 @@ class Song(Listeners):
         self._numerator, self._denominator = numerator, denominator
         self._scenes = [Scene() for _ in range(scenes)]
         self._tracks: list[Track] = []
+        Transport.__init__(self)
 
     @property
     def tempo(self) -> float:

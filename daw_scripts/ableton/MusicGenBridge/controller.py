@@ -13,9 +13,24 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import placing
 from .link import BridgeLink
-from .names import CONTINUE, DONE, GENERATE, JAM, JAMMING, MELODY, QUEUED, STOPPING, PromptName, parse_name, percent
+from .names import (
+    CONTINUE,
+    DONE,
+    GENERATE,
+    JAM,
+    JAMMING,
+    KEY,
+    MELODY,
+    QUEUED,
+    STOPPING,
+    PromptName,
+    parse_name,
+    percent,
+)
 from .osc import Value, first_float
 from .settings import Settings
+from .timeline import NEEDS as NEEDS_ARRANGEMENT
+from .timeline import ArrangementJam
 
 if TYPE_CHECKING:
     from Live.Clip import Clip
@@ -24,8 +39,10 @@ if TYPE_CHECKING:
     from Live.Track import Track
 
 ADDRESSES = {GENERATE: "/musicgen/generate", CONTINUE: "/musicgen/continue", MELODY: "/musicgen/melody",
-             JAM: "/musicgen/jam/start"}
-WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam"}
+             JAM: "/musicgen/jam/start", KEY: "/musicgen/generate"}
+WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam",
+        KEY: "new audio in the set's key"}
+NOTES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")  # Song.root_note 0..11
 SERVE = "start it with `musicgen-bridge serve`"
 
 
@@ -47,6 +64,8 @@ class Job:
         self.message: tuple[str, list[Value]] = ("", [])  # the request, sent again if a restarted bridge lost it
         self.shown: str | None = None
         self.segments = 0
+        self.key: str | None = None  # "A minor": the set's key, when the prompt asks for it
+        self.timeline: ArrangementJam | None = None  # a jam written into the Arrangement
 
     @property
     def label(self) -> str:
@@ -69,6 +88,7 @@ class Controller:
         self._play_events: list[tuple[Clip, Track, ClipSlot]] = []
         self._written: list[tuple[Clip, str]] = []
         self._rescan_needed = True
+        self._transport_changed = False
         self._connected: bool | None = None
         self._last_heard = self._last_ping = -1e9  # long ago, whatever the clock's origin
         self._pinged = False
@@ -96,6 +116,7 @@ class Controller:
         self._take_events()
         if self._rescan_needed:
             self._rescan()
+            self._check_jam_clip()
         if self.link is None:
             return
         self._keep_registered(now)
@@ -150,6 +171,7 @@ class Controller:
         self._unlisten_all()
         self._listen(self.song, "tracks", self._structure_changed)
         self._listen(self.song, "scenes", self._structure_changed)
+        self._listen(self.song, "is_playing", self._on_transport_change)
         found = []
         for track in self.song.tracks:
             for slot in track.clip_slots:
@@ -168,6 +190,7 @@ class Controller:
             request = parse_name(clip.name)
             if request is not None and request.state is None and request.kind != JAM:
                 self._asked(request, clip, track, slot)
+        self._transport_changed = True  # an Arrangement jam clip found while the song plays starts now
 
     def _take_events(self) -> None:
         names, plays = self._name_events, self._play_events
@@ -186,13 +209,16 @@ class Controller:
                 self._play_changed(clip, track, slot)
             except RuntimeError:
                 continue
+        if self._transport_changed:
+            self._transport_changed = False
+            self._transport()
 
     def _renamed(self, clip: Clip, track: Track, slot: ClipSlot | None, name: str) -> None:
         request = parse_name(name)
         jam = self._jam()
         if jam is not None and jam.clip == clip:
             if request is not None and request.kind == JAM and request.prompt != jam.request.prompt:
-                self._send("/musicgen/jam/set", ["prompt", request.prompt])
+                self._send("/musicgen/jam/set", ["prompt", _with_key(request.prompt, jam.key)])
                 state, jam.request, jam.shown = jam.shown or JAMMING, request, None
                 self._set_state(jam, state)
                 self.say(f"the jam takes the prompt '{request.prompt}' from its next segment")
@@ -200,7 +226,7 @@ class Controller:
         for job in [j for j in self.jobs if j.clip == clip]:  # a renamed clip asks again: drop the old request
             self._send("/musicgen/cancel", [job.id])
             self.jobs.remove(job)
-        if request is not None and request.kind != JAM:
+        if request is not None and (request.kind != JAM or (slot is None and self.song.is_playing)):
             self._asked(request, clip, track, slot)
 
     def _jam(self) -> Job | None:
@@ -240,8 +266,12 @@ class Controller:
         job = Job(f"{self._ids}-{self._count}", request, clip, track, slot, bar, bars, position,
                   self._clock())
         self.jobs.append(job)
-        if kind == JAM and slot is None:
-            return self._fail(job, "bad_args", "a jam clip works in Session view: launch it there")
+        if kind == KEY or self.settings.key:
+            job.key = self._song_key()
+        if kind == JAM and (slot is None or song.record_mode):
+            problem = self._into_arrangement(job)
+            if problem:
+                return self._fail(job, "not_placed", problem)
         source: list[Value] = []
         if kind in (CONTINUE, MELODY):
             path = clip.file_path if clip.is_audio_clip else ""
@@ -251,9 +281,10 @@ class Controller:
             source = [path]
         tempo: list[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
         if kind == JAM:
-            args = [job.id, request.prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
+            play = self.settings.jam_play and job.timeline is None  # the Arrangement plays its own segments
+            args = [job.id, _with_key(request.prompt, job.key), *tempo, "play", 1 if play else 0]
         else:
-            args = [job.id, *source, request.prompt, 0.0, *tempo]
+            args = [job.id, *source, request.prompt, 0.0, *tempo, *(["key", job.key] if job.key else [])]
         if self._connected is not True:
             self._send("/musicgen/notify", [self.link.port] if self.link else [])
         job.message = (ADDRESSES[kind], args)
@@ -319,9 +350,12 @@ class Controller:
             self._show(f"MusicGen: {job.label} {int(first_float(args, 1) * 100)}%")
         elif address == "/musicgen/queued" and first_float(args, 1) > 0:
             self._show(f"MusicGen: {job.label} waits behind {int(first_float(args, 1))} other requests")
-        elif address == "/musicgen/jam/segment":
+        elif address == "/musicgen/jam/segment":  # <id> <index> <path> [<beat>]
             job.segments += 1
-            self._show(f"MusicGen: jam segment {job.segments} of {job.label} is ready")
+            if job.timeline is not None:
+                self._place_segment(job, args)
+            else:
+                self._show(f"MusicGen: jam segment {job.segments} of {job.label} is ready")
         elif address == "/musicgen/warning" and len(args) > 1:
             self.say(f"{job.label}: {args[1]!s}")
         elif address == "/musicgen/job" and len(args) > 3:
@@ -351,6 +385,8 @@ class Controller:
 
     def _done(self, job: Job, path: str, seconds: float) -> None:
         """Put the result into the set, pinned to its bars, and mark the prompt clip done."""
+        if job.timeline is not None:  # the segments are in the Arrangement already: they are the take
+            return self._jam_ended(job, f"the jam stopped; its {job.timeline.placed} segments stay in the Arrangement")
         if job.request.kind == JAM:  # the take is whole segments of the jam's bars
             bar_seconds = job.bar.beats_per_bar * 60.0 / job.bar.bpm
             job.bars = max(1, int(seconds / bar_seconds + 0.5)) if seconds > 0 else job.bars
@@ -384,3 +420,82 @@ class Controller:
         track = placing.arrangement_target(song, job.track, job.position, beats, continuing, name)
         bar = int(job.position / job.bar.quarters_per_bar + placing.EPSILON) + 1
         return placing.put_in_arrangement(track, path, job.position), f"track '{track.name}' at bar {bar}"
+
+    # -- the jam in the Arrangement, and the song's key -------------------------------------------
+
+    def _on_transport_change(self) -> None:
+        self._transport_changed = True
+
+    def _transport(self) -> None:
+        """The transport started (an `mg jam:` Arrangement clip starts its jam) or stopped (the
+        Arrangement jam stops; its segments stay)."""
+        jam = self._jam()
+        if not self.song.is_playing:
+            if jam is not None and jam.timeline is not None and jam.shown == JAMMING:
+                self._send("/musicgen/jam/stop", [])
+                self._set_state(jam, STOPPING)
+                self.say("the transport stopped, so the jam stops; its segments stay in the Arrangement")
+            return
+        if jam is not None:
+            return
+        for track in self.song.tracks:
+            for clip in getattr(track, "arrangement_clips", []):
+                request = parse_name(clip.name)
+                if request is not None and request.kind == JAM and request.state is None:
+                    self._asked(request, clip, track, None)
+                    return
+
+    def _into_arrangement(self, job: Job) -> str | None:
+        """Make ``job`` (a jam) write its segments into the Arrangement; what is missing, or None."""
+        if not hasattr(job.track, "create_audio_clip"):
+            return NEEDS_ARRANGEMENT + ": launch an `mg jam:` clip in Session view to hear it on the bridge's output"
+        job.timeline = ArrangementJam(self.song, job.track, job.bar, job.bars, self.settings.jam_margin, self.say)
+        return None
+
+    def _place_segment(self, job: Job, args: list[Value]) -> None:
+        timeline = job.timeline
+        index = args[1] if len(args) > 1 and isinstance(args[1], int) else job.segments - 1
+        path = str(args[2]) if len(args) > 2 else ""
+        if timeline is None or not os.path.isabs(path):
+            return
+        try:
+            where = timeline.place(index, path, job.request.prompt)
+        except placing.NotPlaced as exc:
+            self.say(f"jam segment {index + 1} of {job.label} was not placed: {exc}")
+            return
+        self._show(f"MusicGen: jam segment {index + 1} of {job.label} is on {where}")
+
+    def _check_jam_clip(self) -> None:
+        """A jam whose clip was deleted stops; what it placed stays."""
+        jam = self._jam()
+        if jam is None or jam.shown != JAMMING:
+            return
+        try:
+            present = jam.clip.name is not None and (
+                any(c == jam.clip for c in jam.track.arrangement_clips) if jam.slot is None
+                else jam.slot.has_clip and jam.slot.clip == jam.clip)
+        except RuntimeError:  # the track went with it
+            present = False
+        if not present:
+            self._send("/musicgen/jam/stop", [])
+            jam.shown = STOPPING
+            self.say(f"the jam's clip {jam.label} was deleted, so the jam stops")
+
+    def _jam_ended(self, job: Job, message: str) -> None:
+        if job in self.jobs:
+            self.jobs.remove(job)
+        self._set_state(job, DONE)
+        self.say(f"{job.label}: {message}")
+
+    def _song_key(self) -> str | None:
+        """The set's key as text ("A minor"), or None where this Live has no song scale (before Live 12)."""
+        song = self.song
+        if not hasattr(song, "scale_name") or not hasattr(song, "root_note"):
+            self.say("this Live has no song scale (Live 12 has one): the prompt goes without a key")
+            return None
+        return f"{NOTES[int(song.root_note) % 12]} {str(song.scale_name).lower()}"
+
+
+def _with_key(prompt: str, key: str | None) -> str:
+    """A jam's prompt with the set's key in words (file requests send it as the bridge's key option)."""
+    return f"{prompt}, in {key}" if key else prompt

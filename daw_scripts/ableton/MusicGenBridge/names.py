@@ -1,4 +1,4 @@
-"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, and the state shown after it."""
+"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, `mg key:`, and the state shown after it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import re
 from typing import NamedTuple
 
 GENERATE, CONTINUE, MELODY, JAM = "generate", "continue", "melody", "jam"
-_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM}
-_NAME = re.compile(r"^\s*mg(\+|~| jam)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$", re.IGNORECASE | re.DOTALL)
+KEY = "key"  # generate, in the set's key (Song.root_note, Song.scale_name)
+_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM, " key": KEY}
+_NAME = re.compile(r"^\s*mg(\+|~| jam| key)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$", re.IGNORECASE | re.DOTALL)
 
 QUEUED, DONE, JAMMING, STOPPING = "queued", "done", "jamming", "stopping"
 
