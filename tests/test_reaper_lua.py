@@ -398,3 +398,32 @@ def test_scripts_send_the_shared_token(osc_server, tiny_bridge, transport):
     env.update(MUSICGEN_BRIDGE_TOKEN="s3cret", MUSICGEN_BRIDGE_TIMEOUT="60")
     [(path, _at, _track)] = _inserted(_finish(_start("musicgen_generate.lua", env)))
     assert sf.info(path).frames == bars_to_samples(1, 120.0, 32000)
+
+
+# -- the settings action ----------------------------------------------------------------------------------
+
+
+def test_settings_dialog_is_what_the_next_action_uses(daemon, tmp_path, unused_udp_port):
+    state = tmp_path / "extstate"
+    answer = f"127.0.0.1|{daemon.port}|{unused_udp_port}|/opt/mgb/bin/musicgen-bridge|s3cret"
+    out = _finish(_start("musicgen_settings.lua", _env(1, input=answer, state=state)))
+    assert "settings saved" in out and "Token (empty: none): set" in out and "s3cret" not in out
+    saved = state.read_text()
+    assert f"musicgen_bridge/port={daemon.port}" in saved and "musicgen_bridge/token=s3cret" in saved
+    assert "musicgen_bridge/command=/opt/mgb/bin/musicgen-bridge" in saved and "musicgen_bridge/host" not in saved
+    proc = _start("musicgen_generate.lua", _env(1, input="keys,1", state=state))  # port 1 in the environment: unused
+    args = daemon.expect("/musicgen/generate")
+    assert args[-2:] == ["token", "s3cret"] and daemon.reply_port == unused_udp_port  # replies at the reply port
+    daemon.reply("/musicgen/done", "/musicgen/generate", args[0], "/r/a.wav", 2.0)
+    assert _inserted(_finish(proc)) == [("/r/a.wav", 0.0, 1)]
+
+
+@pytest.mark.parametrize(("answer", "said"), [("127.0.0.1|abc|0||", "the bridge's OSC port must be a whole number"),
+                                              ("127.0.0.1|9000|70000||", "the reply port must be a whole number"),
+                                              ("127.0.0.1|9000", "the dialog gave 2 fields, not 5")])
+def test_settings_dialog_refuses_bad_values_and_changes_nothing(tmp_path, answer, said):
+    state = tmp_path / "extstate"
+    state.write_text("musicgen_bridge/port=9100\n", encoding="utf-8")
+    out = _finish(_start("musicgen_settings.lua", _env(1, input=answer, state=state)))
+    assert f"MESSAGE musicgen-bridge: bad_args  {said}" in out
+    assert state.read_text() == "musicgen_bridge/port=9100\n"

@@ -6,7 +6,7 @@
 -- Every script must carry the same "-- @version"; bump it in all of them for a release.
 local SCRIPTS = { "musicgen_generate.lua", "musicgen_continue.lua", "musicgen_melody.lua",
                   "musicgen_jam_toggle.lua", "musicgen_import_last.lua", "musicgen_cancel.lua",
-                  "musicgen_jam_set.lua" }
+                  "musicgen_jam_set.lua", "musicgen_settings.lua" }
 local LIBRARIES = { "musicgen_lib.lua", "musicgen_timeline.lua", "musicgen_stream.lua", "musicgen_jam_timeline.lua" }
 
 local base = assert(arg[1], "usage: lua5.4 make_reapack_index.lua BASE_URL > index.xml"):gsub("/+$", "")

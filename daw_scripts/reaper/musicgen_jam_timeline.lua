@@ -63,12 +63,7 @@ function J.start(prompt, bars)
   local args = { id, prompt, table.unpack(mg.bar_options(bars, play)) }
   args[#args + 1] = "play"; args[#args + 1] = 0
   local jam = { bars = bars, margin = T.margin(), placed = 0, track = nil }
-  local udp = socket.udp()
-  local loopback = mg.host == "127.0.0.1" or mg.host == "localhost"
-  udp:setsockname(loopback and "127.0.0.1" or "*", 0)
-  udp:settimeout(0)
-  local _, port = udp:getsockname()
-  port = math.tointeger(tonumber(port))
+  local udp, port = mg.open_udp(socket)
   local function send(addr, a) udp:sendto(mg.encode(addr, with_token(a)), mg.host, mg.port) end
   local begun, stopping, heard, was_playing = false, nil, false, T.is_playing()
   local last_heard, last_ping = mg.now(), mg.now()

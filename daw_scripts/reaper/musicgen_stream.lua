@@ -54,12 +54,7 @@ function S.request(address, args, position, get_track, on_done)
   request[#request + 1] = "stream"; request[#request + 1] = 1
   mg.remember(id, nil)
   add_running(id)
-  local udp = socket.udp()
-  local loopback = mg.host == "127.0.0.1" or mg.host == "localhost"
-  udp:setsockname(loopback and "127.0.0.1" or "*", 0)
-  udp:settimeout(0)
-  local _, port = udp:getsockname()
-  port = math.tointeger(tonumber(port))
+  local udp, port = mg.open_udp(socket)
   local function send(addr, a) udp:sendto(mg.encode(addr, with_token(a)), mg.host, mg.port) end
   local started = mg.now()
   local heard, last_heard, last_ping = false, started, started
