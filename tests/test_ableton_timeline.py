@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
 
 import pytest
 import soundfile as sf
 import test_ableton_script as base
 from ableton import fake_live
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
 
 live = base.live  # the fixture: the script loaded into a fake Live, talking to a bridge
 MARGIN_BEATS = 4.0  # the default 2 s margin at 120 bpm
@@ -170,3 +173,60 @@ def test_the_sets_key_reaches_the_prompt_and_the_sidecar(osc_server, tiny_bridge
     sidecar = json.loads(open(placed.file_path + ".json", encoding="utf-8").read())
     assert sidecar["key"] == "A minor" and sidecar["options"]["key"] == "A minor"
     assert sidecar["prompt"] == "dusty keys" and sidecar["text_sent_to_model"].startswith("dusty keys, in A minor")
+
+
+
+def test_a_bridge_stopped_mid_jam_leaves_the_segments_and_says_so(tiny_bridge, tmp_path, live):
+    from bridge.app.root import App
+    from bridge.config import Config
+    from bridge.frontends.osc.server import OscServer
+
+    config = Config(model="tiny-random", port=0, reply_port=1, output_dir=tmp_path / "out")
+    server = OscServer(App.around(config, tiny_bridge), config)
+    server.start()
+    song = fake_live.Song(tempo=120.0)
+    _keys, clip = _jam_clip(song)
+    session = live(song, server.port)
+    play = Playing(session)
+    play.tick()
+    song.is_playing = True
+    try:
+        play.until(lambda: len(play.seen) >= 2)
+    finally:
+        server.stop(timeout=5)  # the bridge shuts down: it cancels the jam and says so
+    play.until(base._state(clip, "cancelled"), timeout=20)
+    placed = len(song.tracks[1].arrangement_clips)
+    assert placed >= 2 and any("is shutting down" in m and f"the jam's {placed} segments stay in the Arrangement" in m
+                               for m in session.c_instance.messages)
+
+
+def test_a_bridge_that_dies_mid_jam_leaves_the_segments_and_says_so(live, make_clip):
+    """A bridge that crashes says nothing: a UDP peer plays it, answers until two segments, then falls silent."""
+    segment = str(make_clip(seconds=2.0, rate=32000, channels=1, name="segment.wav"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bridge:
+        bridge.bind(("127.0.0.1", 0))
+        bridge.settimeout(10)
+        song = fake_live.Song(tempo=120.0)
+        _keys, clip = _jam_clip(song)
+        session = live(song, bridge.getsockname()[1])
+        play = Playing(session)
+        play.tick()
+        song.is_playing = True
+        while True:  # answer as the bridge would until the jam starts
+            play.tick()
+            data, peer = bridge.recvfrom(65536)
+            message = OscMessage(data)
+            if message.address in ("/musicgen/notify", "/musicgen/ping"):
+                bridge.sendto(OscMessageBuilder("/musicgen/pong").build().dgram, peer)
+            if message.address == "/musicgen/jam/start":
+                for index in range(2):
+                    reply = OscMessageBuilder("/musicgen/jam/segment")
+                    for value in (message.params[0], index, segment):
+                        reply.add_arg(value)
+                    bridge.sendto(reply.build().dgram, peer)
+                break
+        play.until(lambda: len(play.seen) == 2)
+        play.until(lambda: any("no answer from the bridge" in m for m in session.c_instance.messages), timeout=20)
+    [said] = [m for m in session.c_instance.messages if "no answer from the bridge" in m]
+    assert "the jam's 2 segments stay in the Arrangement" in said
+    assert len(song.tracks[1].arrangement_clips) == 2 and clip.name == "mg jam: lofi groove [jamming]"

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import placing
+from .key import NO_SCALE, song_key, with_key
 from .link import BridgeLink
 from .names import (
     CONTINUE,
@@ -42,7 +43,6 @@ ADDRESSES = {GENERATE: "/musicgen/generate", CONTINUE: "/musicgen/continue", MEL
              JAM: "/musicgen/jam/start", KEY: "/musicgen/generate"}
 WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam",
         KEY: "new audio in the set's key"}
-NOTES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")  # Song.root_note 0..11
 SERVE = "start it with `musicgen-bridge serve`"
 
 
@@ -218,7 +218,7 @@ class Controller:
         jam = self._jam()
         if jam is not None and jam.clip == clip:
             if request is not None and request.kind == JAM and request.prompt != jam.request.prompt:
-                self._send("/musicgen/jam/set", ["prompt", _with_key(request.prompt, jam.key)])
+                self._send("/musicgen/jam/set", ["prompt", with_key(request.prompt, jam.key)])
                 state, jam.request, jam.shown = jam.shown or JAMMING, request, None
                 self._set_state(jam, state)
                 self.say(f"the jam takes the prompt '{request.prompt}' from its next segment")
@@ -267,7 +267,9 @@ class Controller:
                   self._clock())
         self.jobs.append(job)
         if kind == KEY or self.settings.key:
-            job.key = self._song_key()
+            job.key = song_key(song)
+            if job.key is None:
+                self.say(NO_SCALE)
         if kind == JAM and (slot is None or song.record_mode):
             problem = self._into_arrangement(job)
             if problem:
@@ -282,7 +284,7 @@ class Controller:
         tempo: list[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
         if kind == JAM:
             play = self.settings.jam_play and job.timeline is None  # the Arrangement plays its own segments
-            args = [job.id, _with_key(request.prompt, job.key), *tempo, "play", 1 if play else 0]
+            args = [job.id, with_key(request.prompt, job.key), *tempo, "play", 1 if play else 0]
         else:
             args = [job.id, *source, request.prompt, 0.0, *tempo, *(["key", job.key] if job.key else [])]
         if self._connected is not True:
@@ -305,7 +307,8 @@ class Controller:
             return
         if now - self._last_heard > self.settings.ping_seconds * 1.5:
             if self._connected is not False and self._pinged:  # silent since the last ping, not just started
-                self.say(f"no answer from the bridge at {self.where}: {SERVE} (the script keeps trying)")
+                self.say(f"no answer from the bridge at {self.where}: {SERVE} (the script keeps trying)"
+                         f"{self._jam_kept()}")
                 self._connected = False
             self._send("/musicgen/notify", [self.link.port])
         self._send("/musicgen/ping", [])
@@ -380,6 +383,7 @@ class Controller:
         if job in self.jobs:
             self.jobs.remove(job)
         self._set_state(job, code)
+        message += self._jam_kept(job)
         self._show(f"MusicGen: {job.label}: {code} {message}")
         self._log(f"MusicGenBridge: failed {job.id} {job.label}: {code} {message}")
 
@@ -487,15 +491,9 @@ class Controller:
         self._set_state(job, DONE)
         self.say(f"{job.label}: {message}")
 
-    def _song_key(self) -> str | None:
-        """The set's key as text ("A minor"), or None where this Live has no song scale (before Live 12)."""
-        song = self.song
-        if not hasattr(song, "scale_name") or not hasattr(song, "root_note"):
-            self.say("this Live has no song scale (Live 12 has one): the prompt goes without a key")
-            return None
-        return f"{NOTES[int(song.root_note) % 12]} {str(song.scale_name).lower()}"
-
-
-def _with_key(prompt: str, key: str | None) -> str:
-    """A jam's prompt with the set's key in words (file requests send it as the bridge's key option)."""
-    return f"{prompt}, in {key}" if key else prompt
+    def _jam_kept(self, job: Job | None = None) -> str:
+        """What a jam that failed, or whose bridge is gone, leaves: its segments in the Arrangement stay."""
+        jam = job or self._jam()
+        if jam is None or jam.timeline is None:
+            return ""
+        return f"; the jam's {jam.timeline.placed} segments stay in the Arrangement"
