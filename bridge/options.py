@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -199,6 +200,9 @@ _TABLE = (
            "a whole number of bars, e.g. 8", "length", low=1, high=MAX_BARS, jam_default=4),
     Option("beats_per_bar", int, 4, "beats in a bar (4 for 4/4)", _FILES | {"jam"}, "a whole number, e.g. 4",
            "length", low=1, high=MAX_BEATS_PER_BAR),
+    Option("key", str, None, "the key in words, e.g. 'A minor': the text prompt gains 'in A minor' (Live's script reads "
+           "it from the set)", _FILES, "a note and a scale in words, e.g. 'A minor' or 'F# dorian'", "prompt",
+           default_text="none"),
     Option("prompt_seconds", float, None, "continue: how much of the clip's end to use as the prompt",
            _FILES | {"midi"}, "seconds of the clip to use as the prompt", "continue", low=0.5, high=30.0,
            unit=" s", default_text="whole bars near 8 s with bpm, else 8 s"),
@@ -342,6 +346,7 @@ class Request:
     bpm: float | None = default("bpm")
     bars: int | None = default("bars")
     beats_per_bar: int = default("beats_per_bar")
+    key: str | None = default("key")
     prompt_seconds: float | None = default("prompt_seconds")
     variations: int = default("variations")
     include_prompt: bool = default("include_prompt")
@@ -380,6 +385,8 @@ class Request:
                           "give guidance above 1 (3 is the usual) or drop negative")
         if self.mode != "jam":
             self._validate_length()
+        if self.key is not None and not _KEY.fullmatch(self.key):
+            raise BadArgs(f"key must be a note and a scale in words, e.g. 'A minor' or 'F# dorian', got {self.key!r}")
         for spec in _TABLE:
             if spec.name in _REQUEST_OPTIONS:
                 spec.check(getattr(self, spec.name))
@@ -407,6 +414,7 @@ class Request:
             raise BadArgs(f"seconds {self.seconds:g} is out of range: it must be {OPTIONS['seconds'].limits()}")
 
 
+_KEY = re.compile(r"[A-Ga-g][#b]?( [A-Za-z0-9#. -]{1,30})?")
 _REQUEST_OPTIONS = frozenset(f.name for f in dataclasses.fields(Request)) & frozenset(OPTIONS)
 
 

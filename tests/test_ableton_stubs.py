@@ -87,7 +87,8 @@ def _script_names() -> set[str]:
 USES = {
     "Song": {"tempo", "signature_numerator", "signature_denominator", "tracks", "scenes", "create_audio_track",
              "create_scene", "add_tracks_listener", "remove_tracks_listener", "add_scenes_listener",
-             "remove_scenes_listener"},
+             "remove_scenes_listener", "is_playing", "add_is_playing_listener", "remove_is_playing_listener",
+             "current_song_time", "record_mode", "root_note", "scale_name"},
     "Track": {"name", "has_audio_input", "is_foldable", "is_frozen", "clip_slots", "arrangement_clips",
               "create_audio_clip", "delete_clip", "add_arrangement_clips_listener", "remove_arrangement_clips_listener"},
     "ClipSlot": {"has_clip", "clip", "create_audio_clip", "add_has_clip_listener", "remove_has_clip_listener"},

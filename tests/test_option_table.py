@@ -208,3 +208,16 @@ def test_switching_a_preset_into_a_jam_brings_its_sampling_not_its_tempo():
     keys = library.request("lofi", "keys")
     fields = jam_fields(keys, groups=("sampling",))
     assert fields["seed"] == 11 and "top_p" in fields and not {"bpm", "bars", "beats_per_bar"} & set(fields)
+
+
+def test_the_key_option_adds_the_key_to_the_text_and_refuses_what_is_not_a_key():
+    from bridge.app.planning import key_text
+
+    assert key_text("dusty keys.", "A minor") == "dusty keys, in A minor"
+    assert key_text("dusty keys in a minor", "A minor") == "dusty keys in a minor"  # said already
+    assert key_text("dusty keys", None) == "dusty keys"
+    assert Request(prompt="x", seconds=1.0).with_options(parse_options(["key", "F# dorian"])).validate().key == "F# dorian"
+    with pytest.raises(BadArgs, match=r"key must be a note and a scale in words, e.g. 'A minor'"):
+        Request(prompt="x", seconds=1.0, key="H minor; rm -rf").validate()
+    with pytest.raises(BadArgs, match="cannot be given"):
+        convert_option("key", "A minor", scope="jam")  # a jam's key goes in its prompt

@@ -131,14 +131,32 @@ def _finish(proc, timeout=60):
 
 
 def _inserted(out):
-    """(path, position, track) of each INSERTED line."""
+    """(path, position, track) of each file inserted (InsertMedia) or left as an item when the script ended."""
     found = []
     for line in out.splitlines():
         if line.startswith("INSERTED "):
             path, rest = line[len("INSERTED ") :].rsplit(" AT ", 1)
             position, _, track, *_ = rest.split()
             found.append((path, float(position), int(track)))
+        elif line.startswith("PROJECT ITEM "):
+            item = _item(line[len("PROJECT ") :])
+            found.append((item["path"], item["at"], item["track"]))
     return found
+
+
+def _item(line):
+    """An ITEM line: {"id", "path", "at", "len", "track", "play"} ("play": the play cursor then, -1 stopped)."""
+    head, rest = line[len("ITEM ") :].split(" ", 1)
+    path, rest = rest.rsplit(" AT ", 1)
+    words = rest.split()
+    fields = dict(zip(words[1::2], words[2::2], strict=False))
+    return {"id": int(head), "path": path, "at": float(words[0]), "len": float(fields["LEN"]),
+            "track": int(fields["TRACK"]), "play": float(fields.get("PLAY", "-1"))}
+
+
+def _items(out):
+    """Each ITEM line (an item placed), in order."""
+    return [_item(line) for line in out.splitlines() if line.startswith("ITEM ")]
 
 
 @pytest.mark.parametrize(("num", "denom", "bpm", "beats"), [(4, 4, 92.0, 4), (6, 8, 92.0, 3), (7, 8, 184.0, 7),
@@ -149,7 +167,7 @@ def test_generate_sends_the_project_tempo_and_inserts_at_the_cursor(daemon, tmp_
     args = daemon.expect("/musicgen/generate")
     job_id = args[0]
     assert job_id.startswith("reaper-gen-")
-    assert args[1:] == ["dusty, lofi keys", 0.0, "bpm", bpm, "bars", 2, "beats_per_bar", beats]
+    assert args[1:] == ["dusty, lofi keys", 0.0, "bpm", bpm, "bars", 2, "beats_per_bar", beats, "stream", 1]
     result = str(tmp_path / "take one.wav")
     daemon.reply("/musicgen/queued", job_id, 0)
     daemon.reply("/musicgen/progress", job_id, 0.5)
@@ -184,7 +202,7 @@ def test_continue_sends_the_item_and_inserts_right_after_it(daemon, tmp_path):
     proc = _start("musicgen_continue.lua", _env(daemon.port, input=",1", bpm=120, item=clip, item_pos=4.0,
                                                 item_len=3.0, tracks=3, selected_track=1, item_track=3))
     args = daemon.expect("/musicgen/continue")
-    assert args[1:] == [str(clip), "", 0.0, "bpm", 120.0, "bars", 1, "beats_per_bar", 4]
+    assert args[1:] == [str(clip), "", 0.0, "bpm", 120.0, "bars", 1, "beats_per_bar", 4, "stream", 1]
     daemon.reply("/musicgen/done", "/musicgen/continue", args[0], "/r/next.wav", 2.0)
     assert _inserted(_finish(proc)) == [("/r/next.wav", 7.0, 3)]  # after the item, on the item's track
 
@@ -207,7 +225,7 @@ def test_melody_goes_on_a_new_track_below_the_item(daemon, tmp_path):
     proc = _start("musicgen_melody.lua", _env(daemon.port, input="string quartet,2", bpm=100, item=tune,
                                               item_pos=8.0, item_len=4.0, tracks=2, item_track=1))
     args = daemon.expect("/musicgen/melody")
-    assert args[1:] == [str(tune), "string quartet", 0.0, "bpm", 100.0, "bars", 2, "beats_per_bar", 4]
+    assert args[1:] == [str(tune), "string quartet", 0.0, "bpm", 100.0, "bars", 2, "beats_per_bar", 4, "stream", 1]
     daemon.reply("/musicgen/done", "/musicgen/melody", args[0], "/r/quartet.wav", 4.8)
     out = _finish(proc)
     assert "NEW TRACK 2" in out and _inserted(out) == [("/r/quartet.wav", 8.0, 2)]
@@ -292,7 +310,16 @@ def test_generate_script_inserts_the_bar_exact_result(osc_server, tiny_bridge, t
     out = _finish(_start("musicgen_generate.lua", _env(server.port, input="dusty lofi keys,2", bpm=92, cursor=12.5,
                                                       state=state)))
     [(path, at, _track)] = _inserted(out)
-    assert at == 12.5 and sf.info(path).frames == bars_to_samples(2, 92.0, 32000)
+    frames = bars_to_samples(2, 92.0, 32000)
+    assert at == 12.5 and sf.info(path).frames == frames
+    *chunks, final = _items(out)
+    assert chunks, "the result streamed in chunks"
+    position = 12.5
+    for chunk in chunks:  # each chunk item logged end to end, then removed
+        assert chunk["at"] == pytest.approx(position, abs=1e-9) and f"DELETED ITEM {chunk['id']}" in out
+        position += chunk["len"]
+    assert position == pytest.approx(12.5 + frames / 32000, abs=1e-9)
+    assert (final["path"], final["at"]) == (path, 12.5) and round(final["len"] * 32000, 6) == frames  # to the sample
     again = _finish(_start("musicgen_import_last.lua", _env(server.port, state=state, cursor=40.0)))
     assert _inserted(again) == [(path, 40.0, 1)]  # /musicgen/job on the real daemon
 
@@ -346,11 +373,11 @@ def test_reapack_index_lists_every_script_with_the_library_and_is_up_to_date():
     [package] = index.iter("reapack")
     [version] = package.iter("version")
     sources = {s.get("file"): (s.get("main"), s.text) for s in version.iter("source")}
-    libraries = {"musicgen_lib.lua", "musicgen_prompt.lua"}
-    actions = {p.name for p in SCRIPTS.glob("*.lua")} - libraries - {"make_reapack_index.lua"}
+    not_actions = {p.name for p in SCRIPTS.glob("*.lua") if "-- @noindex" in p.read_text(encoding="utf-8")}
+    actions = {p.name for p in SCRIPTS.glob("*.lua")} - not_actions
     assert {f for f, (main, _url) in sources.items() if main == "main"} == actions
-    for library in libraries:
-        assert sources[library] == (None, f"{INDEX_BASE}/{library}")  # installed, not an action
+    for library in not_actions - {"make_reapack_index.lua"}:  # installed, not actions
+        assert sources[library] == (None, f"{INDEX_BASE}/{library}")
     for script in actions:
         header = (SCRIPTS / script).read_text(encoding="utf-8")
         assert re.search(rf"^-- @version {re.escape(version.get('name'))}$", header, re.M), script
@@ -371,3 +398,32 @@ def test_scripts_send_the_shared_token(osc_server, tiny_bridge, transport):
     env.update(MUSICGEN_BRIDGE_TOKEN="s3cret", MUSICGEN_BRIDGE_TIMEOUT="60")
     [(path, _at, _track)] = _inserted(_finish(_start("musicgen_generate.lua", env)))
     assert sf.info(path).frames == bars_to_samples(1, 120.0, 32000)
+
+
+# -- the settings action ----------------------------------------------------------------------------------
+
+
+def test_settings_dialog_is_what_the_next_action_uses(daemon, tmp_path, unused_udp_port):
+    state = tmp_path / "extstate"
+    answer = f"127.0.0.1|{daemon.port}|{unused_udp_port}|/opt/mgb/bin/musicgen-bridge|s3cret"
+    out = _finish(_start("musicgen_settings.lua", _env(1, input=answer, state=state)))
+    assert "settings saved" in out and "Token (empty: none): set" in out and "s3cret" not in out
+    saved = state.read_text()
+    assert f"musicgen_bridge/port={daemon.port}" in saved and "musicgen_bridge/token=s3cret" in saved
+    assert "musicgen_bridge/command=/opt/mgb/bin/musicgen-bridge" in saved and "musicgen_bridge/host" not in saved
+    proc = _start("musicgen_generate.lua", _env(1, input="keys,1", state=state))  # port 1 in the environment: unused
+    args = daemon.expect("/musicgen/generate")
+    assert args[-2:] == ["token", "s3cret"] and daemon.reply_port == unused_udp_port  # replies at the reply port
+    daemon.reply("/musicgen/done", "/musicgen/generate", args[0], "/r/a.wav", 2.0)
+    assert _inserted(_finish(proc)) == [("/r/a.wav", 0.0, 1)]
+
+
+@pytest.mark.parametrize(("answer", "said"), [("127.0.0.1|abc|0||", "the bridge's OSC port must be a whole number"),
+                                              ("127.0.0.1|9000|70000||", "the reply port must be a whole number"),
+                                              ("127.0.0.1|9000", "the dialog gave 2 fields, not 5")])
+def test_settings_dialog_refuses_bad_values_and_changes_nothing(tmp_path, answer, said):
+    state = tmp_path / "extstate"
+    state.write_text("musicgen_bridge/port=9100\n", encoding="utf-8")
+    out = _finish(_start("musicgen_settings.lua", _env(1, input=answer, state=state)))
+    assert f"MESSAGE musicgen-bridge: bad_args  {said}" in out
+    assert state.read_text() == "musicgen_bridge/port=9100\n"

@@ -87,7 +87,7 @@ def output_rate(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> t
 def plan(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> Plan:
     """Exact output length, rate and the frames to generate for ``request``."""
     out_rate, rate_note = output_rate(request, clip, eng)
-    text = request.prompt
+    text = key_text(request.prompt, request.key)
     if request.bars is not None and request.bpm is not None:
         out_samples = tempo.bars_to_samples(request.bars, request.bpm, out_rate, request.beats_per_bar)
         text = tempo.tempo_text(text, request.bpm, request.beats_per_bar) if text.strip() else text
@@ -103,6 +103,13 @@ def plan(request: Request, clip: ClipFacts | None, eng: EngineFacts) -> Plan:
     seam = round(Fraction(prompt_frames * eng.hop * out_rate, eng.sample_rate))
     return Plan(out_rate=out_rate, out_samples=out_samples, text=text, frames=frames,
                 prompt_frames=prompt_frames, seam=seam, rate_note=rate_note)
+
+
+def key_text(prompt: str, key: str | None) -> str:
+    """The text prompt with the key in words ("dusty keys, in A minor"), as captions state a key."""
+    if not key or not prompt.strip() or f"in {key.lower()}" in prompt.lower():
+        return prompt
+    return f"{prompt.rstrip(' .,')}, in {key}"
 
 
 def prompt_frames_for(request: Request, clip: ClipFacts, eng: EngineFacts) -> int:

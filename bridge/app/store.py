@@ -120,6 +120,7 @@ def sidecar_for(job_id: str, request: Request, plan: Plan, seed: int, clip: audi
         "variation": variation,
         "options": options,
         "tempo": {"bpm": request.bpm, "bars": request.bars, "beats_per_bar": request.beats_per_bar},
+        "key": request.key,
         "sample_rate": plan.out_rate,
         "samples": plan.out_samples,
         "seconds": plan.out_samples / plan.out_rate,

@@ -5,9 +5,10 @@
 --   https://raw.githubusercontent.com/<you>/musicgen-bridge/main/daw_scripts/reaper
 -- Every script must carry the same "-- @version"; bump it in all of them for a release.
 local SCRIPTS = { "musicgen_generate.lua", "musicgen_continue.lua", "musicgen_melody.lua",
-                  "musicgen_jam_toggle.lua", "musicgen_import_last.lua", "musicgen_loop.lua",
-                  "musicgen_fill.lua" }
-local LIBRARIES = { "musicgen_lib.lua", "musicgen_prompt.lua" }
+                  "musicgen_jam_toggle.lua", "musicgen_import_last.lua", "musicgen_cancel.lua",
+                  "musicgen_jam_set.lua", "musicgen_settings.lua", "musicgen_loop.lua", "musicgen_fill.lua" }
+local LIBRARIES = { "musicgen_lib.lua", "musicgen_prompt.lua", "musicgen_timeline.lua", "musicgen_stream.lua",
+                    "musicgen_jam_timeline.lua" }
 
 local base = assert(arg[1], "usage: lua5.4 make_reapack_index.lua BASE_URL > index.xml"):gsub("/+$", "")
 local here = (arg[0]:match("^(.*[/\\])") or "./")
@@ -38,8 +39,8 @@ for _, file in ipairs(SCRIPTS) do
   version = tags.version
   sources[#sources + 1] = string.format('        <source file="%s" main="main">%s/%s</source>', file, xml(base), file)
 end
-for _, library in ipairs(LIBRARIES) do
-  sources[#sources + 1] = string.format('        <source file="%s">%s/%s</source>', library, xml(base), library)
+for _, file in ipairs(LIBRARIES) do
+  sources[#sources + 1] = string.format('        <source file="%s">%s/%s</source>', file, xml(base), file)
 end
 
 io.write(table.concat({

@@ -6,9 +6,15 @@
 --   keeps continuing its own output through the bridge's audio output, at the project tempo).
 --   Next run: stops it; the whole take is inserted where the edit cursor was when the jam started.
 --   Put it on a toolbar: the button is lit while the jam runs.
+--   Timeline mode (the default while the project plays; ExtState musicgen_bridge/jam_mode "timeline" or
+--   "output" picks one always): the jam's segments are written onto a "MusicGen jam" track at the bars
+--   ahead of the play cursor, so the project plays them; the next run (choose "New instance" when
+--   REAPER asks) or stopping the transport stops it, and the items stay as the take.
 local dir = ({ reaper.get_action_context() })[2]:match("^(.*[/\\])") or "./"
 package.path = dir .. "?.lua;" .. package.path
 local mg = require("musicgen_lib")
+local T = require("musicgen_timeline")
+local J = require("musicgen_jam_timeline")
 
 local GRACE = 2.0  -- seconds after /musicgen/queued in which an early failure (no audio device) still shows
 
@@ -18,9 +24,16 @@ local function clear()
   mg.set_toggle(false)
 end
 
+local function timeline_mode()
+  local mode = state("jam_mode")
+  if mode == "timeline" or mode == "output" then return mode == "timeline" end
+  return T.is_playing()
+end
+
 local function start()
   local prompt, bars = mg.ask("MusicGen: jam", "Prompt", "lofi hip hop groove", 4, true)
   if not prompt then return end
+  if timeline_mode() then return J.start(prompt, bars) end
   local id = mg.new_id("jam")
   local position = reaper.GetCursorPosition()
   local track = reaper.GetSelectedTrack(0, 0)
@@ -87,4 +100,6 @@ local function stop(id)
 end
 
 local running = state("jam_id")
-if running == "" then start() else stop(running) end
+if running == "" then start()
+elseif state("jam_running_mode") == "timeline" then J.request_stop(running)
+else stop(running) end

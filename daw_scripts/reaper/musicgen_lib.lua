@@ -12,6 +12,7 @@
 --   timeout [timeout] MUSICGEN_BRIDGE_TIMEOUT 600   token [token] MUSICGEN_BRIDGE_TOKEN (none)
 --   command [command] MUSICGEN_BRIDGE_COMMAND musicgen-bridge
 --   transport [transport] MUSICGEN_BRIDGE_TRANSPORT auto ("command": never use LuaSocket)
+--   reply port [reply_port] MUSICGEN_BRIDGE_REPLY_PORT 0 (any free port; musicgen_settings.lua sets them all)
 local M = {}
 
 M.SECTION = "musicgen_bridge"
@@ -29,6 +30,7 @@ M.timeout = tonumber(setting("timeout", "MUSICGEN_BRIDGE_TIMEOUT", "600")) or 60
 M.token = setting("token", "MUSICGEN_BRIDGE_TOKEN", nil)
 M.command = setting("command", "MUSICGEN_BRIDGE_COMMAND", "musicgen-bridge")
 M.no_socket = setting("transport", "MUSICGEN_BRIDGE_TRANSPORT", "auto") == "command"
+M.reply_port = math.tointeger(tonumber(setting("reply_port", "MUSICGEN_BRIDGE_REPLY_PORT", "0"))) or 0
 M.windows = package.config:sub(1, 1) == "\\"
 
 -- OSC 1.0 ------------------------------------------------------------------------------------------
@@ -181,6 +183,22 @@ local function with_token(args)
   return out
 end
 
+-- A non-blocking UDP socket for replies: at the reply_port setting (a port a firewall lets through),
+-- or any free port when it is 0 or taken (another action waits on it). Returns the socket and its port.
+function M.open_udp(socket)
+  local udp = socket.udp()
+  local loopback = M.host == "127.0.0.1" or M.host == "localhost"
+  local address = loopback and "127.0.0.1" or "*"
+  if M.reply_port == 0 or not udp:setsockname(address, M.reply_port) then
+    udp:close()
+    udp = socket.udp()
+    udp:setsockname(address, 0)
+  end
+  udp:settimeout(0)
+  local _, port = udp:getsockname()
+  return udp, math.tointeger(tonumber(port))
+end
+
 -- Send `address args` and feed every reply to handle(address, args) until it returns true; after each
 -- batch of replies handle(nil) may also end the wait by returning true. on_timeout() after `timeout`
 -- (default M.timeout) seconds. Replies come to a private port registered with /musicgen/notify.
@@ -188,12 +206,7 @@ end
 function M.exchange(address, args, handle, on_timeout, timeout)
   local socket = M.socket()
   if not socket then return false end
-  local udp = socket.udp()
-  local loopback = M.host == "127.0.0.1" or M.host == "localhost"
-  udp:setsockname(loopback and "127.0.0.1" or "*", 0)
-  udp:settimeout(0)
-  local _, port = udp:getsockname()
-  port = math.tointeger(tonumber(port))
+  local udp, port = M.open_udp(socket)
   local function finish()
     udp:sendto(M.encode("/musicgen/unnotify", with_token({ port })), M.host, M.port)
     udp:close()

@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable
 
 import soundfile as sf
+from ableton.fake_transport import Transport
 
 
 class Listeners:
@@ -390,7 +391,7 @@ VERSIONS: dict[str, tuple[type[Track], type[ClipSlot]]] = {
 }
 
 
-class Song(Listeners):
+class Song(Listeners, Transport):
     def __init__(self, version: str = "12.3", tempo: float = 120.0, numerator: int = 4, denominator: int = 4,
                  scenes: int = 4) -> None:
         super().__init__()
@@ -399,6 +400,7 @@ class Song(Listeners):
         self._numerator, self._denominator = numerator, denominator
         self._scenes = [Scene() for _ in range(scenes)]
         self._tracks: list[Track] = []
+        Transport.__init__(self)
 
     @property
     def tempo(self) -> float:

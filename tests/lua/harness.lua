@@ -12,6 +12,7 @@
 --   ITEM_OFFSET, ITEM_RATE, ITEM_SOURCE_LEN, ITEM_TRACK, STATE (a file that keeps ExtState between
 --   runs), SECONDS (how long deferred functions may run).
 local script = arg[1]
+io.stdout:setvbuf("line")  -- the tests read what a long-running script did while it runs
 local env = function(key, default) return os.getenv("HARNESS_" .. key) or default end
 local num = function(key, default) return tonumber(env(key, default)) end
 local socket_ok, socket = pcall(require, "socket")
@@ -26,17 +27,20 @@ local take = item and {} or nil
 local source = item and {} or nil
 
 -- ExtState, kept in HARNESS_STATE between runs (as REAPER keeps it while it runs, and with persist)
+-- (read again before each use: a second script run may change it while a first one still runs)
 local ext, state_file = {}, env("STATE")
-if state_file then
+local function load_state()
+  if not state_file then return end
   local f = io.open(state_file)
-  if f then
-    for line in f:lines() do
-      local k, v = line:match("^([^=]*)=(.*)$")
-      if k then ext[k] = v:gsub("\\n", "\n"):gsub("\\t", "\t") end
-    end
-    f:close()
+  if not f then return end
+  ext = {}
+  for line in f:lines() do
+    local k, v = line:match("^([^=]*)=(.*)$")
+    if k then ext[k] = v:gsub("\\n", "\n"):gsub("\\t", "\t") end
   end
+  f:close()
 end
+load_state()
 local function save_state()
   if not state_file then return end
   local f = assert(io.open(state_file, "w"))
@@ -104,12 +108,17 @@ reaper = {
     if key == "D_PLAYRATE" then return num("ITEM_RATE", "1") end
     return 0
   end,
-  GetExtState = function(section, key) return ext[section .. "/" .. key] or "" end,
-  SetExtState = function(section, key, value, _persist) ext[section .. "/" .. key] = value save_state() end,
-  DeleteExtState = function(section, key, _persist) ext[section .. "/" .. key] = nil save_state() end,
+  GetExtState = function(section, key) load_state() return ext[section .. "/" .. key] or "" end,
+  SetExtState = function(section, key, value, _persist) load_state() ext[section .. "/" .. key] = value save_state() end,
+  DeleteExtState = function(section, key, _persist) load_state() ext[section .. "/" .. key] = nil save_state() end,
   SetToggleCommandState = function(_section, _command, on) print("TOGGLE " .. on) return true end,
   RefreshToolbar2 = function(_section, _command) end,
 }
+
+-- Items on tracks, the play state and the play cursor: tests/lua/timeline.lua.
+local here = arg[0]:match("^(.*[/\\])") or "./"
+local timeline = dofile(here .. "timeline.lua")(reaper, { tracks = tracks, index_of = index_of, clock = clock,
+  env = env, num = num })
 
 if env("EXTRA") then dofile(env("EXTRA")) end  -- more of the project (tests/lua/items.lua: items, a time selection)
 dofile(script)
@@ -118,9 +127,10 @@ local deadline = clock() + num("SECONDS", "120")
 while #deferred > 0 and clock() <= deadline do
   local now = deferred
   deferred = {}
+  timeline.tick()
   for _, fn in ipairs(now) do fn() end
   if socket_ok then socket.sleep(0.01) else os.execute("sleep 0.03") end
 end
+timeline.exit()
 print(string.format("CURSOR %.6f", cursor))
-save_state()
 if #deferred > 0 then print("HARNESS timed out") os.exit(2) end

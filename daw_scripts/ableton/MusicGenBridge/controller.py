@@ -12,15 +12,16 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import loopfill, placing
+from .job import ADDRESSES, WHAT, Job
+from .key import NO_SCALE, song_key, with_key
 from .link import BridgeLink
 from .names import (
     CONTINUE,
     DONE,
     FILL,
-    GENERATE,
     JAM,
     JAMMING,
-    LOOP,
+    KEY,
     MELODY,
     QUEUED,
     STOPPING,
@@ -30,6 +31,8 @@ from .names import (
 )
 from .osc import Value, first_float
 from .settings import Settings
+from .timeline import NEEDS as NEEDS_ARRANGEMENT
+from .timeline import ArrangementJam
 
 if TYPE_CHECKING:
     from Live.Clip import Clip
@@ -37,36 +40,7 @@ if TYPE_CHECKING:
     from Live.Song import Song
     from Live.Track import Track
 
-ADDRESSES = {GENERATE: "/musicgen/generate", CONTINUE: "/musicgen/continue", MELODY: "/musicgen/melody",
-             JAM: "/musicgen/jam/start", LOOP: "/musicgen/loop", FILL: "/musicgen/infill"}
-WHAT = {GENERATE: "new audio", CONTINUE: "a continuation", MELODY: "audio following the melody", JAM: "a jam",
-        LOOP: "a seamless loop", FILL: "a fill"}
 SERVE = "start it with `musicgen-bridge serve`"
-
-
-class Job:
-    """One request made from a prompt clip, and where its result goes."""
-
-    def __init__(self, job_id: str, request: PromptName, clip: Clip, track: Track, slot: ClipSlot | None,
-                 bar: placing.Meter, bars: int, position: float, sent_at: float) -> None:
-        self.id = job_id
-        self.request = request
-        self.clip = clip
-        self.track = track
-        self.slot = slot  # None: an arrangement clip
-        self.bar = bar
-        self.bars = bars
-        self.position = position  # arrangement: where the result starts, in beats
-        self.sent_at = sent_at
-        self.answered = False
-        self.message: tuple[str, list[Value]] = ("", [])  # the request, sent again if a restarted bridge lost it
-        self.shown: str | None = None
-        self.segments = 0
-        self.gap: loopfill.Gap | None = None  # mg fill: where the fill goes
-
-    @property
-    def label(self) -> str:
-        return "'%s'" % (self.request.prompt or self.request.head)
 
 
 class Controller:
@@ -85,6 +59,7 @@ class Controller:
         self._play_events: list[tuple[Clip, Track, ClipSlot]] = []
         self._written: list[tuple[Clip, str]] = []
         self._rescan_needed = True
+        self._transport_changed = False
         self._connected: bool | None = None
         self._last_heard = self._last_ping = -1e9  # long ago, whatever the clock's origin
         self._pinged = False
@@ -113,6 +88,7 @@ class Controller:
         self._take_events()
         if self._rescan_needed:
             self._rescan()
+            self._check_jam_clip()
         if self.link is None:
             return
         self._keep_registered(now)
@@ -167,6 +143,7 @@ class Controller:
         self._unlisten_all()
         self._listen(self.song, "tracks", self._structure_changed)
         self._listen(self.song, "scenes", self._structure_changed)
+        self._listen(self.song, "is_playing", self._on_transport_change)
         found = []
         for track in self.song.tracks:
             for slot in track.clip_slots:
@@ -185,6 +162,7 @@ class Controller:
             request = parse_name(clip.name)
             if request is not None and request.state is None and request.kind != JAM:
                 self._asked(request, clip, track, slot)
+        self._transport_changed = True  # an Arrangement jam clip found while the song plays starts now
 
     def _take_events(self) -> None:
         names, plays = self._name_events, self._play_events
@@ -203,6 +181,9 @@ class Controller:
                 self._play_changed(clip, track, slot)
             except RuntimeError:
                 continue
+        if self._transport_changed:
+            self._transport_changed = False
+            self._transport()
 
     def _renamed(self, clip: Clip, track: Track, slot: ClipSlot | None, name: str) -> None:
         request = parse_name(name)
@@ -210,7 +191,7 @@ class Controller:
         if jam is not None and jam.clip == clip:
             if request is not None and request.kind == JAM and request.prompt != jam.request.prompt:
                 prompt, negative = loopfill.split_negative(request.prompt)
-                self._send("/musicgen/jam/set", ["prompt", prompt, "negative", negative])
+                self._send("/musicgen/jam/set", ["prompt", with_key(prompt, jam.key), "negative", negative])
                 state, jam.request, jam.shown = jam.shown or JAMMING, request, None
                 self._set_state(jam, state)
                 self.say(f"the jam takes the prompt '{request.prompt}' from its next segment")
@@ -218,7 +199,7 @@ class Controller:
         for job in [j for j in self.jobs if j.clip == clip]:  # a renamed clip asks again: drop the old request
             self._send("/musicgen/cancel", [job.id])
             self.jobs.remove(job)
-        if request is not None and request.kind != JAM:
+        if request is not None and (request.kind != JAM or (slot is None and self.song.is_playing)):
             self._asked(request, clip, track, slot)
 
     def _jam(self) -> Job | None:
@@ -258,8 +239,14 @@ class Controller:
         job = Job(f"{self._ids}-{self._count}", request, clip, track, slot, bar, bars, position,
                   self._clock())
         self.jobs.append(job)
-        if kind == JAM and slot is None:
-            return self._fail(job, "bad_args", "a jam clip works in Session view: launch it there")
+        if kind == KEY or self.settings.key:
+            job.key = song_key(song)
+            if job.key is None:
+                self.say(NO_SCALE)
+        if kind == JAM and (slot is None or song.record_mode):
+            problem = self._into_arrangement(job)
+            if problem:
+                return self._fail(job, "not_placed", problem)
         if kind == FILL and slot is not None:
             return self._fail(job, "bad_args", "mg fill: works in the Arrangement: put an empty MIDI clip between "
                                                "two audio clips there")
@@ -275,7 +262,8 @@ class Controller:
         if kind == JAM:
             if self._bridge_in_link:  # Live and the bridge share the Link session: its tempo and bar lines
                 tempo = ["bars", bars, "beats_per_bar", bar.beats_per_bar, "sync", "link"]
-            args = [job.id, prompt, *tempo, "play", 1 if self.settings.jam_play else 0]
+            play = self.settings.jam_play and job.timeline is None  # the Arrangement plays its own segments
+            args = [job.id, with_key(prompt, job.key), *tempo, "play", 1 if play else 0]
         elif kind == FILL:
             try:
                 job.gap = loopfill.find_gap(song, track, clip)
@@ -285,7 +273,7 @@ class Controller:
             source = args[1:3]
             negative = ""  # already among the fill's arguments
         else:
-            args = [job.id, *source, prompt, 0.0, *tempo]
+            args = [job.id, *source, prompt, 0.0, *tempo, *(["key", job.key] if job.key else [])]
         args += loopfill.negative_options(negative)  # type: ignore[arg-type]
         if self._connected is not True:
             self._send("/musicgen/notify", [self.link.port] if self.link else [])
@@ -307,7 +295,8 @@ class Controller:
             return
         if now - self._last_heard > self.settings.ping_seconds * 1.5:
             if self._connected is not False and self._pinged:  # silent since the last ping, not just started
-                self.say(f"no answer from the bridge at {self.where}: {SERVE} (the script keeps trying)")
+                self.say(f"no answer from the bridge at {self.where}: {SERVE} (the script keeps trying)"
+                         f"{self._jam_kept()}")
                 self._connected = False
             self._send("/musicgen/notify", [self.link.port])
         self._send("/musicgen/ping", [])
@@ -356,9 +345,12 @@ class Controller:
             self._show(f"MusicGen: {job.label} {int(first_float(args, 1) * 100)}%")
         elif address == "/musicgen/queued" and first_float(args, 1) > 0:
             self._show(f"MusicGen: {job.label} waits behind {int(first_float(args, 1))} other requests")
-        elif address == "/musicgen/jam/segment":
+        elif address == "/musicgen/jam/segment":  # <id> <index> <path> [<beat>]
             job.segments += 1
-            self._show(f"MusicGen: jam segment {job.segments} of {job.label} is ready")
+            if job.timeline is not None:
+                self._place_segment(job, args)
+            else:
+                self._show(f"MusicGen: jam segment {job.segments} of {job.label} is ready")
         elif address == "/musicgen/warning" and len(args) > 1:
             self.say(f"{job.label}: {args[1]!s}")
         elif address == "/musicgen/job" and len(args) > 3:
@@ -383,11 +375,14 @@ class Controller:
         if job in self.jobs:
             self.jobs.remove(job)
         self._set_state(job, code)
+        message += self._jam_kept(job)
         self._show(f"MusicGen: {job.label}: {code} {message}")
         self._log(f"MusicGenBridge: failed {job.id} {job.label}: {code} {message}")
 
     def _done(self, job: Job, path: str, seconds: float) -> None:
         """Put the result into the set, pinned to its bars, and mark the prompt clip done."""
+        if job.timeline is not None:  # the segments are in the Arrangement already: they are the take
+            return self._jam_ended(job, f"the jam stopped; its {job.timeline.placed} segments stay in the Arrangement")
         if job.request.kind == JAM:  # the take is whole segments of the jam's bars
             bar_seconds = job.bar.beats_per_bar * 60.0 / job.bar.bpm
             job.bars = max(1, int(seconds / bar_seconds + 0.5)) if seconds > 0 else job.bars
@@ -426,3 +421,76 @@ class Controller:
         track = placing.arrangement_target(song, job.track, job.position, beats, continuing, name)
         bar = int(job.position / job.bar.quarters_per_bar + placing.EPSILON) + 1
         return placing.put_in_arrangement(track, path, job.position), f"track '{track.name}' at bar {bar}"
+
+    # -- the jam in the Arrangement, and the song's key -------------------------------------------
+
+    def _on_transport_change(self) -> None:
+        self._transport_changed = True
+
+    def _transport(self) -> None:
+        """The transport started (an `mg jam:` Arrangement clip starts its jam) or stopped (the
+        Arrangement jam stops; its segments stay)."""
+        jam = self._jam()
+        if not self.song.is_playing:
+            if jam is not None and jam.timeline is not None and jam.shown == JAMMING:
+                self._send("/musicgen/jam/stop", [])
+                self._set_state(jam, STOPPING)
+                self.say("the transport stopped, so the jam stops; its segments stay in the Arrangement")
+            return
+        if jam is not None:
+            return
+        for track in self.song.tracks:
+            for clip in getattr(track, "arrangement_clips", []):
+                request = parse_name(clip.name)
+                if request is not None and request.kind == JAM and request.state is None:
+                    self._asked(request, clip, track, None)
+                    return
+
+    def _into_arrangement(self, job: Job) -> str | None:
+        """Make ``job`` (a jam) write its segments into the Arrangement; what is missing, or None."""
+        if not hasattr(job.track, "create_audio_clip"):
+            return NEEDS_ARRANGEMENT + ": launch an `mg jam:` clip in Session view to hear it on the bridge's output"
+        job.timeline = ArrangementJam(self.song, job.track, job.bar, job.bars, self.settings.jam_margin, self.say)
+        return None
+
+    def _place_segment(self, job: Job, args: list[Value]) -> None:
+        timeline = job.timeline
+        index = args[1] if len(args) > 1 and isinstance(args[1], int) else job.segments - 1
+        path = str(args[2]) if len(args) > 2 else ""
+        if timeline is None or not os.path.isabs(path):
+            return
+        try:
+            where = timeline.place(index, path, job.request.prompt)
+        except placing.NotPlaced as exc:
+            self.say(f"jam segment {index + 1} of {job.label} was not placed: {exc}")
+            return
+        self._show(f"MusicGen: jam segment {index + 1} of {job.label} is on {where}")
+
+    def _check_jam_clip(self) -> None:
+        """A jam whose clip was deleted stops; what it placed stays."""
+        jam = self._jam()
+        if jam is None or jam.shown != JAMMING:
+            return
+        try:
+            present = jam.clip.name is not None and (
+                any(c == jam.clip for c in jam.track.arrangement_clips) if jam.slot is None
+                else jam.slot.has_clip and jam.slot.clip == jam.clip)
+        except RuntimeError:  # the track went with it
+            present = False
+        if not present:
+            self._send("/musicgen/jam/stop", [])
+            jam.shown = STOPPING
+            self.say(f"the jam's clip {jam.label} was deleted, so the jam stops")
+
+    def _jam_ended(self, job: Job, message: str) -> None:
+        if job in self.jobs:
+            self.jobs.remove(job)
+        self._set_state(job, DONE)
+        self.say(f"{job.label}: {message}")
+
+    def _jam_kept(self, job: Job | None = None) -> str:
+        """What a jam that failed, or whose bridge is gone, leaves: its segments in the Arrangement stay."""
+        jam = job or self._jam()
+        if jam is None or jam.timeline is None:
+            return ""
+        return f"; the jam's {jam.timeline.placed} segments stay in the Arrangement"

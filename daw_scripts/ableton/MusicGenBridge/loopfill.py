@@ -91,7 +91,7 @@ def fill_request(job_id: str, prompt: str, negative: str, gap: Gap, tempo: float
 
 def place_fill(gap: Gap, path: str) -> tuple[Clip | None, str]:
     """Put the fill's file into the gap on the neighbours' track."""
-    if not placing._arrangement_is_free(gap.track, gap.start, gap.start + gap.beats):
+    if not placing.arrangement_is_free(gap.track, gap.start, gap.start + gap.beats):
         raise placing.NotPlaced(f"the gap on track '{gap.track.name}' is no longer empty: the fill is at {path}")
     clip = placing.put_in_arrangement(gap.track, path, gap.start)
     return clip, f"track '{gap.track.name}' between its clips"

@@ -1,5 +1,5 @@
-"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, `mg loop:`, `mg fill:`, and the state
-shown after it."""
+"""The clip-name grammar: `mg: <prompt>`, `mg+:`, `mg~:`, `mg jam:`, `mg key:`, `mg loop:`, `mg fill:`, and
+the state shown after it."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import re
 from typing import NamedTuple
 
 GENERATE, CONTINUE, MELODY, JAM = "generate", "continue", "melody", "jam"
+KEY = "key"  # generate, in the set's key (Song.root_note, Song.scale_name)
 LOOP, FILL = "loop", "fill"
-_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM, " loop": LOOP, " fill": FILL}
-_NAME = re.compile(r"^\s*mg(\+|~| jam| loop| fill)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$",
+_MARKS = {"": GENERATE, "+": CONTINUE, "~": MELODY, " jam": JAM, " key": KEY, " loop": LOOP, " fill": FILL}
+_NAME = re.compile(r"^\s*mg(\+|~| jam| key| loop| fill)?\s*:\s*(.*?)\s*(?:\[([^\[\]]*)\])?\s*$",
                    re.IGNORECASE | re.DOTALL)
 
 QUEUED, DONE, JAMMING, STOPPING = "queued", "done", "jamming", "stopping"

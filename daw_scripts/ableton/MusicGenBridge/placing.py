@@ -93,7 +93,7 @@ def session_target(song: Song, track: Track, slot: ClipSlot, next_scene: bool, n
     return found.clip_slots[scene], f"track '{found.name}', scene {scene + 1}"
 
 
-def _arrangement_is_free(track: Track, start: float, end: float) -> bool:
+def arrangement_is_free(track: Track, start: float, end: float) -> bool:
     return all(c.end_time <= start + EPSILON or c.start_time >= end - EPSILON for c in track.arrangement_clips)
 
 
@@ -101,12 +101,12 @@ def arrangement_target(song: Song, track: Track, start: float, beats: float, sam
     """The track for a result at ``start`` in the arrangement: ``track`` itself (``same_track``) when
     that stretch of it is empty, else an audio track to its right with room there."""
     end = start + beats
-    if same_track and _arrangement_is_free(track, start, end):
+    if same_track and arrangement_is_free(track, start, end):
         return track
     index = index_of(list(song.tracks), track)
     if index < 0:
         raise NotPlaced("the prompt clip's track is no longer in the set")
-    return audio_track_right_of(song, index, lambda t: _arrangement_is_free(t, start, end), name)
+    return audio_track_right_of(song, index, lambda t: arrangement_is_free(t, start, end), name)
 
 
 def put_in_slot(slot: ClipSlot, path: str) -> Clip:

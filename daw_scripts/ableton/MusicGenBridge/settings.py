@@ -16,11 +16,13 @@ class Settings(NamedTuple):
     answer_timeout: float = 5.0  # seconds for the bridge to answer a request before the clip says no_bridge
     ping_seconds: float = 2.0  # how often the script checks the bridge is there (and re-registers)
     jam_play: bool = True  # the bridge plays the jam on its own audio output
+    jam_margin: float = 2.0  # seconds ahead of the playhead a jam segment goes into the Arrangement, at least
+    key: bool = False  # every request's prompt gets the set's key ("in A minor"), as `mg key:` does
 
 
 _ENV = {"host": "MUSICGEN_BRIDGE_HOST", "port": "MUSICGEN_BRIDGE_PORT", "token": "MUSICGEN_BRIDGE_TOKEN",
         "answer_timeout": "MUSICGEN_BRIDGE_ANSWER_TIMEOUT", "ping_seconds": "MUSICGEN_BRIDGE_PING_SECONDS",
-        "jam_play": "MUSICGEN_BRIDGE_JAM_PLAY"}
+        "jam_play": "MUSICGEN_BRIDGE_JAM_PLAY", "jam_margin": "MUSICGEN_BRIDGE_JAM_MARGIN", "key": "MUSICGEN_BRIDGE_KEY"}
 
 
 def _convert(key: str, value: Any) -> Any:
