@@ -183,9 +183,8 @@ def test_a_fill_needs_two_audio_clips(tiny_bridge, make_clip, tmp_path):
         tiny_bridge.make_request("infill", "lofi", 1.0, str(good), {})
     text = tmp_path / "notes.wav"
     text.write_text("not audio")
-    request = tiny_bridge.make_request("infill", "lofi", 1.0, str(good), {}, clip_after=str(text))
-    with pytest.raises(BadAudio, match="not readable audio"):
-        tiny_bridge.run("bad", request, lambda f: None, lambda: False)
+    with pytest.raises(BadAudio, match="not readable audio"):  # refused by its header, before queueing
+        tiny_bridge.make_request("infill", "lofi", 1.0, str(good), {}, clip_after=str(text))
     short = make_clip(seconds=0.2, name="short.wav")
     request = tiny_bridge.make_request("infill", "lofi", 1.0, str(good), {}, clip_after=str(short))
     with pytest.raises(BadAudio, match="a fill needs at least"):
