@@ -2,7 +2,7 @@
 # make test    install everything the tests need and run them
 # make lint    ruff, mypy and the import contract (lint-imports)
 PYTHON ?= python3
-APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket g++
+APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket g++ iproute2
 
 .PHONY: install install-test system-deps serve test lint demo
 
@@ -12,10 +12,10 @@ install:
 
 install-test:
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,link]'  # link: the Link tests (LinkPython-extern, GPL; optional for users)
 
 # Real peers for the tests: liblo's oscsend/oscdump, JACK's dummy backend, PortAudio, Lua; g++ builds
-# the native int8 kernel (bridge/kernels).
+# the native int8 kernel (bridge/kernels); iproute2: the Link tests' private network (unshare -rn).
 system-deps:
 	@if command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
