@@ -17,7 +17,7 @@ from bridge import __version__
 from bridge.app.jobs import JobKind
 from bridge.app.root import App
 from bridge.config import Config
-from bridge.errors import BadArgs
+from bridge.errors import ALL_CODES, BadArgs, exit_code
 from bridge.frontends.osc.server import OscServer
 from bridge.frontends.osc.transport import encode_bundle, encode_message, length_encode, slip_encode
 from bridge.options import Request
@@ -155,6 +155,8 @@ def test_unknown_address_suggests_the_closest(osc_server):
     client.send("/musicgen/generat", "j", "x", 1.0)
     fail = client.expect_fail("unknown_address")
     assert fail.args[:2] == ("/musicgen/generat", "") and "/musicgen/generate" in fail.args[3]
+    assert "unknown_address" in ALL_CODES  # a code of the error tree, with its exit status
+    assert exit_code("unknown_address") == 10
 
 
 def test_busy_when_the_queue_is_full(osc_server, fake_bridge):
