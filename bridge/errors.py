@@ -10,6 +10,7 @@ BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail`
   Unauthorized   unauthorized    a non-loopback request without the shared token
   NoAudioDevice  no_audio_device playback asked for where there is no usable output device
   StorageError   storage         the output or state folder is missing, not writable, or full
+  UnknownAddress unknown_address an OSC address the bridge has no route for (the reply suggests the closest)
   Internal       internal        a bug: the message says where to report it
 
 Every message tells the user what to do next. Front ends turn these into replies in one place
@@ -71,6 +72,10 @@ class StorageError(BridgeError):
     code = "storage"
 
 
+class UnknownAddress(BridgeError):
+    code = "unknown_address"
+
+
 class Internal(BridgeError):
     code = "internal"
 
@@ -78,11 +83,11 @@ class Internal(BridgeError):
 ALL_CODES = tuple(
     cls.code
     for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, StorageError,
-                Internal)
+                UnknownAddress, Internal)
 )
 
 EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
-              "no_audio_device": 8, "storage": 9, "cancelled": 130, "internal": 1}
+              "no_audio_device": 8, "storage": 9, "unknown_address": 10, "cancelled": 130, "internal": 1}
 """Wire code -> the command line's exit status (the README lists them)."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -86,19 +87,26 @@ def test_a_route_never_waits_for_the_audio_device(osc_server, tmp_path):
     """/musicgen/play opens the device on the output thread: a ping sent after it is answered first."""
     _server, client = osc_server()
     app_output = _server.app.output
+    looking = threading.Event()
+    release = threading.Event()
     opened = []
 
     def slow_outputs():
-        time.sleep(1.5)  # a device list or an audio server that takes its time
-        opened.append(time.monotonic())
+        looking.set()
+        release.wait(60)  # a device list or an audio server that takes its time: until the test lets go
+        opened.append("listed")
         return []
 
     app_output._list_outputs = slow_outputs
     path = _result_file(tmp_path)
-    client.send("/musicgen/play", str(path))
-    client.send("/musicgen/ping")
-    client.expect("/musicgen/pong", timeout=1.0)
-    assert not opened  # answered while the device was still being looked for
+    try:
+        client.send("/musicgen/play", str(path))
+        assert looking.wait(30), "the device was never looked for"
+        client.send("/musicgen/ping")
+        client.expect("/musicgen/pong", timeout=30)  # a route that waited for the device would get no pong
+        assert not opened  # answered while the device was still being looked for
+    finally:
+        release.set()
     fail = client.expect_fail("no_audio_device", timeout=10)
     assert fail.args[0] == "/musicgen/play" and "start an audio server" in fail.args[3]
     assert "writes files" not in fail.args[3]  # nothing was written: the message does not say it was

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,13 +26,19 @@ RATE = 32000  # tiny-random's
 
 
 def _free_port() -> int:
+    """A port free a moment ago: a race (another process may take it first). Kept for tests that import it
+    (``test_poison_jobs.py``); a daemon started with port 0 reports its own (:class:`Daemon`)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
 class Daemon:
-    """``musicgen-bridge serve --model tiny-random`` as a child process on fixed ports."""
+    """``musicgen-bridge serve --model tiny-random`` as a child process.
+
+    Port 0 lets the daemon pick a free port and ``port`` is the one it says it listens on (no
+    check-then-bind race); a restart passes that port to listen where its clients already send.
+    """
 
     def __init__(self, tmp_path: Path, port: int, reply_port: int, *extra: str) -> None:
         self.log = (tmp_path / f"serve-{time.monotonic_ns()}.log").open("w+")
@@ -44,6 +51,9 @@ class Daemon:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the daemon did not start:\n{self.output()}")
             time.sleep(0.05)
+        listening = re.search(r"on 127\.0\.0\.1:(\d+)", self.output())
+        assert listening, f"the daemon did not say where it listens:\n{self.output()}"
+        self.port = int(listening.group(1))
 
     def output(self) -> str:
         self.log.flush()
@@ -93,11 +103,11 @@ def _ends(client: OscClient, ids: set[str], timeout: float) -> dict[str, list]:
 
 
 def test_kill_9_with_jobs_queued_and_running_then_every_job_ends_once_to_its_requester(daemons, tmp_path):
-    port = _free_port()
-    client = OscClient(server_port=port)  # the requester at the default reply port
-    other = OscClient(server_port=port)  # a DAW script with its own port, registered with /musicgen/notify
+    client = OscClient()  # the requester at the default reply port
+    other = OscClient()  # a DAW script with its own port, registered with /musicgen/notify
     try:
-        first = daemons(port, client.port)
+        first = daemons(0, client.port)
+        port = client.server_port = other.server_port = first.port
         other.register()
         ids = ["k1", "k2", "k3"]
         for job_id in ids:
@@ -136,10 +146,10 @@ def test_kill_9_with_jobs_queued_and_running_then_every_job_ends_once_to_its_req
 
 
 def test_fresh_start_tells_the_old_requesters_and_a_jam_is_not_resumed(daemons, tmp_path):
-    port = _free_port()
-    client = OscClient(server_port=port)
+    client = OscClient()
     try:
-        first = daemons(port, client.port)
+        first = daemons(0, client.port)
+        port = client.server_port = first.port
         client.send("/musicgen/jam/start", "jam1", "lofi", "play", 0, "bpm", 120.0, "bars", 1)
         client.expect("/musicgen/jam/segment", lambda m: m.args[0] == "jam1", timeout=120)
         client.send("/musicgen/generate", "after-jam", "keys", 1.0)
@@ -159,10 +169,10 @@ def test_fresh_start_tells_the_old_requesters_and_a_jam_is_not_resumed(daemons, 
 
 
 def test_fresh_flag_fails_the_interrupted_jobs_instead_of_running_them(daemons, tmp_path):
-    port = _free_port()
-    client = OscClient(server_port=port)
+    client = OscClient()
     try:
-        first = daemons(port, client.port)
+        first = daemons(0, client.port)
+        port = client.server_port = first.port
         for job_id in ("f1", "f2"):
             client.send("/musicgen/generate", job_id, "keys", 30.0)
             client.expect("/musicgen/queued", lambda m, j=job_id: m.args[0] == j, timeout=10)
@@ -182,10 +192,10 @@ def test_a_garbage_journal_is_moved_aside_in_one_line_and_the_daemon_starts(daem
     state = tmp_path / "out.state"
     state.mkdir()
     (state / "journal.jsonl").write_bytes(b"\x00\x01 not a journal at all\n{\"type\": \"accepted\"\n")
-    port = _free_port()
-    client = OscClient(server_port=port)
+    client = OscClient()
     try:
-        daemon = daemons(port, client.port)
+        daemon = daemons(0, client.port)
+        client.server_port = daemon.port
         client.send("/musicgen/ping")
         client.expect("/musicgen/pong", timeout=10)
         lines = [line for line in daemon.output().splitlines() if "journal" in line]

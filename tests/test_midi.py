@@ -260,7 +260,7 @@ def test_a_virtual_jack_port_fires_a_preset(jack_server):
             [name] = [n for n in mido.get_output_names() if "musicgen-bridge" in n]  # our virtual input
             with mido.open_output(name) as out:
                 out.send(mido.Message("note_on", note=38, velocity=100))
-                deadline = time.monotonic() + 5
+                deadline = time.monotonic() + 30
                 while not got and time.monotonic() < deadline:
                     time.sleep(0.01)
             print(midi_in.name, "|", got, "|", midi_in.received)
@@ -284,7 +284,7 @@ def test_a_named_jack_port_is_found_by_part_of_its_name(jack_server):
         with MidiInput(mapper, got.append, port="fake contr") as midi_in:
             controller.send(mido.Message("program_change", program=1))
             controller.send(mido.Message("note_on", note=39, velocity=90))
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while len(got) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             print("OPENED", midi_in.name, "|", got)
@@ -313,12 +313,9 @@ def test_serve_with_midi_fires_a_preset_job(jack_server, tmp_path):
     replies = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     replies.bind(("127.0.0.1", 0))
     replies.settimeout(0.5)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = dict(jack_server.env, MIDO_BACKEND=JACK_MIDI)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny-random", "--port", str(port), "--reply-port",
+    daemon = subprocess.Popen(  # port 0: the daemon picks a free one (the test speaks MIDI to it, not OSC)
+        [sys.executable, "-m", "bridge.cli", "serve", "--model", "tiny-random", "--port", "0", "--reply-port",
          str(replies.getsockname()[1]), "--output-dir", str(tmp_path), "--presets", str(PRESETS), "--midi"],
         env=env, stderr=subprocess.PIPE, text=True)
     try:

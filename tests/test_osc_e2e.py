@@ -44,21 +44,22 @@ def test_control_path_answers_while_the_model_runs(osc_server, tiny_bridge):
     for _ in range(40):
         started = time.perf_counter()
         client.send("/musicgen/ping")
-        client.expect("/musicgen/pong")
+        client.expect("/musicgen/pong", timeout=30)
         rtts.append(time.perf_counter() - started)
-        time.sleep(0.01)
     started = time.perf_counter()
     client.send("/musicgen/generate", "next", "keys", 1.0)
-    client.expect("/musicgen/queued", lambda m: m.args[0] == "next")
+    client.expect("/musicgen/queued", lambda m: m.args[0] == "next", timeout=30)
     queued = time.perf_counter() - started
-    client.send("/musicgen/status")
-    assert client.expect("/musicgen/status").args[0] == "busy"
+    # figures to read, not to assert: a shared machine slows down at random (benchmarks measure latency)
     print(f"\ntiny-random running: ping median {statistics.median(rtts) * 1000:.2f} ms, "
           f"p95 {sorted(rtts)[int(0.95 * len(rtts))] * 1000:.2f} ms, max {max(rtts) * 1000:.2f} ms; "
           f"queued {queued * 1000:.2f} ms")
-    assert statistics.median(rtts) < 0.05 and queued < 0.2
+    # every answer came while the model ran: no end yet, still busy now, and the job ends cancelled, not done
+    assert not [m for m in client.inbox if m.address in ("/musicgen/done", "/musicgen/fail")]
+    client.send("/musicgen/status")
+    assert client.expect("/musicgen/status", timeout=30).args[:2] == ("busy", "tiny-random")
     client.send("/musicgen/cancel", "*")
-    assert client.expect_end("long", timeout=10).args[2] == "cancelled"
+    assert client.expect_end("long", timeout=60).args[2] == "cancelled"
 
 
 def test_serve_command_stops_cleanly_on_sigterm_and_reports_the_running_job(tmp_path):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import shlex
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,18 +20,38 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bound_udp_port(pid: int, timeout: float = 30.0) -> int:
+    """The UDP port process ``pid`` has bound, read from the kernel's socket table once it has bound one.
+
+    The process picks the port itself (port 0), so nothing can take it between a check and a bind, and
+    the test waits for the bind itself rather than sleeping (Linux's /proc; these tests run on Linux).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inodes = set()
+        with contextlib.suppress(FileNotFoundError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(FileNotFoundError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:["):-1])
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table, encoding="ascii") as rows:
+                for row in list(rows)[1:]:
+                    fields = row.split()
+                    if fields[9] in inodes:
+                        return int(fields[1].rsplit(":", 1)[1], 16)
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} bound no UDP port within {timeout} s")
 
 
 class OscDump:
-    """``oscdump -L PORT`` in the background; each printed line parsed into (address, [args])."""
+    """``oscdump -L 0`` in the background on a port it picks; each printed line parsed into (address, [args])."""
 
-    def __init__(self, port: int) -> None:
-        self.proc = subprocess.Popen(["oscdump", "-L", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(["oscdump", "-L", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
+        self.port = bound_udp_port(self.proc.pid)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -63,10 +84,9 @@ class OscDump:
 def oscdump():
     dumps: list[OscDump] = []
 
-    def start(port: int) -> OscDump:
-        dump = OscDump(port)
+    def start() -> OscDump:
+        dump = OscDump()  # bound when this returns: replies sent from now on reach it
         dumps.append(dump)
-        time.sleep(0.3)  # let it bind before anything is sent
         return dump
 
     yield start
@@ -83,12 +103,11 @@ def test_oscsend_generate_over_udp_and_oscdump_reads_the_replies(fake_bridge, os
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
-    reply_port = free_udp_port()
-    config = Config(host="127.0.0.1", port=0, reply_port=reply_port, output_dir=fake_bridge.output_dir)
+    dump = oscdump()
+    config = Config(host="127.0.0.1", port=0, reply_port=dump.port, output_dir=fake_bridge.output_dir)
     server = OscServer(App.around(config, fake_bridge), config)
     server.start()
     try:
-        dump = oscdump(reply_port)
         oscsend("localhost", str(server.port), "/musicgen/ping")
         assert dump.expect("/musicgen/pong")
         oscsend("localhost", str(server.port), "/musicgen/generate", "ssf", "j1", "dusty lofi keys", "1.0")
@@ -111,14 +130,18 @@ def test_oscsend_over_tcp_uses_length_prefix_framing(fake_bridge, oscdump):
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
-    reply_port = free_udp_port()
-    fake_bridge.step_seconds = 0.02  # oscsend hangs up long before the job ends: done falls back to UDP
-    config = Config(host="127.0.0.1", port=0, reply_port=reply_port, output_dir=fake_bridge.output_dir)
+    dump = oscdump()
+    fake_bridge.gate.clear()  # the job waits until oscsend has hung up: its done falls back to UDP
+    config = Config(host="127.0.0.1", port=0, reply_port=dump.port, output_dir=fake_bridge.output_dir)
     server = OscServer(App.around(config, fake_bridge), config)
     server.start()
     try:
-        dump = oscdump(reply_port)
         oscsend(f"osc.tcp://localhost:{server.port}", "/musicgen/generate", "ssf", "tcp1", "keys", "0.5")
+        deadline = time.monotonic() + 30
+        while server._connections:  # the server has seen oscsend hang up (the event, not a guess at its time)
+            assert time.monotonic() < deadline, "the server kept oscsend's connection open"
+            time.sleep(0.01)
+        fake_bridge.gate.set()
         done = dump.expect("/musicgen/done")
         assert done[1] == "tcp1" and sf.info(done[2]).frames == 4000
         assert server.stats.tcp_accepted >= 1 and server.stats.malformed == 0

@@ -17,7 +17,7 @@ from bridge import __version__
 from bridge.app.jobs import JobKind
 from bridge.app.root import App
 from bridge.config import Config
-from bridge.errors import BadArgs
+from bridge.errors import ALL_CODES, BadArgs, exit_code
 from bridge.frontends.osc.server import OscServer
 from bridge.frontends.osc.transport import encode_bundle, encode_message, length_encode, slip_encode
 from bridge.options import Request
@@ -155,6 +155,8 @@ def test_unknown_address_suggests_the_closest(osc_server):
     client.send("/musicgen/generat", "j", "x", 1.0)
     fail = client.expect_fail("unknown_address")
     assert fail.args[:2] == ("/musicgen/generat", "") and "/musicgen/generate" in fail.args[3]
+    assert "unknown_address" in ALL_CODES  # a code of the error tree, with its exit status
+    assert exit_code("unknown_address") == 10
 
 
 def test_busy_when_the_queue_is_full(osc_server, fake_bridge):
@@ -176,20 +178,19 @@ def test_busy_when_the_queue_is_full(osc_server, fake_bridge):
 
 
 def test_cancel_while_running_and_while_queued(osc_server, fake_bridge):
-    fake_bridge.steps, fake_bridge.step_seconds = 2000, 0.005  # 10 s unless cancelled
+    fake_bridge.steps, fake_bridge.step_seconds = 20000, 0.005  # 100 s unless cancelled
     _server, client = osc_server()
     client.send("/musicgen/generate", "long", "keys", 1.0)
     client.send("/musicgen/generate", "next", "keys", 1.0)
     client.expect("/musicgen/progress", lambda m: m.args[0] == "long")
     client.send("/musicgen/cancel", "next")
-    fail = client.expect_end("next", timeout=1)
+    fail = client.expect_end("next", timeout=30)
     assert fail.args[:3] == ("/musicgen/generate", "next", "cancelled")
-    started = time.monotonic()
     client.send("/musicgen/cancel", "long")
-    fail = client.expect_end("long", timeout=2)
+    fail = client.expect_end("long", timeout=30)
     assert fail.address == "/musicgen/fail" and fail.args[2] == "cancelled"
-    assert time.monotonic() - started < 0.5
-    assert fake_bridge.finished_steps["long"] < 1000 and "next" not in fake_bridge.finished_steps
+    # stopped on its way, not run out (the exact step is tested in test_jobs.py)
+    assert fake_bridge.finished_steps["long"] < 10000 and "next" not in fake_bridge.finished_steps
     client.send("/musicgen/job", "long")
     assert client.expect("/musicgen/job").args[:3] == ("long", "cancelled", "/musicgen/generate")
     client.send("/musicgen/cancel", "long")
@@ -285,10 +286,8 @@ def test_bundles_run_at_once_even_when_stamped_for_the_future(osc_server):
     future = int((time.time() + 2208988800 + 3600) * 2**32)  # an hour ahead, NTP time
     client.send_raw(encode_bundle([encode_message("/musicgen/ping"), encode_message("/musicgen/status")],
                                   timetag=future))
-    started = time.monotonic()
-    client.expect("/musicgen/pong")
-    client.expect("/musicgen/status")
-    assert time.monotonic() - started < 1.0
+    client.expect("/musicgen/pong", timeout=30)  # a bundle held to its time tag would answer in an hour
+    client.expect("/musicgen/status", timeout=30)
 
 
 # -- reply routing --------------------------------------------------------------------------------------
@@ -351,9 +350,9 @@ def test_many_clients_at_once_each_get_their_own_job(osc_server, fake_bridge):
     assert len(results) == 24 and len(set(results.values())) == 24
 
 
-def test_ping_stays_fast_while_a_job_holds_the_cpu(osc_server, fake_bridge):
+def test_ping_is_answered_while_a_job_holds_the_cpu(osc_server, fake_bridge):
     fake_bridge.busy_cpu = True
-    fake_bridge.steps, fake_bridge.step_seconds = 400, 0.005  # 2 s of pure-Python CPU work
+    fake_bridge.steps, fake_bridge.step_seconds = 100000, 0.005  # 500 s of pure-Python CPU work unless cancelled
     _server, client = osc_server()
     client.send("/musicgen/generate", "load", "keys", 1.0)
     client.expect("/musicgen/progress")
@@ -361,17 +360,22 @@ def test_ping_stays_fast_while_a_job_holds_the_cpu(osc_server, fake_bridge):
     for _ in range(50):
         started = time.perf_counter()
         client.send("/musicgen/ping")
-        client.expect("/musicgen/pong")
+        client.expect("/musicgen/pong", timeout=30)
         rtts.append(time.perf_counter() - started)
     started = time.perf_counter()
     client.send("/musicgen/generate", "second", "keys", 0.5)
-    client.expect("/musicgen/queued", lambda m: m.args[0] == "second")
+    client.expect("/musicgen/queued", lambda m: m.args[0] == "second", timeout=30)
     queued_rtt = time.perf_counter() - started
+    # a figure to read, not to assert (a shared machine slows down at random): a pure-Python hog holds the GIL,
+    # so each hand-over can take the 5 ms switch interval (real torch work releases it)
     print(f"\nping under load: median {statistics.median(rtts) * 1000:.2f} ms, "
           f"max {max(rtts) * 1000:.2f} ms; queued {queued_rtt * 1000:.2f} ms")
-    # a pure-Python hog holds the GIL: each hand-over can take the 5 ms switch interval (real torch work releases it)
-    assert statistics.median(rtts) < 0.15 and queued_rtt < 0.3
+    # every answer came while the hog still ran: it is still busy now, and ends cancelled, not done
+    assert not [m for m in client.inbox if m.address in ("/musicgen/done", "/musicgen/fail")]
+    client.send("/musicgen/status")
+    assert client.expect("/musicgen/status", timeout=30).args[:2] == ("busy", "fake-model")
     client.send("/musicgen/cancel", "*")
+    assert client.expect_end("load", timeout=30).args[2] == "cancelled"
 
 
 # -- TCP -------------------------------------------------------------------------------------------------
@@ -431,12 +435,13 @@ def test_tcp_stalled_frame_times_out(osc_server):
 
 
 def test_tcp_and_udp_stay_responsive_with_a_silent_tcp_client(osc_server):
-    server, udp = osc_server()
+    server, udp = osc_server(read_timeout=600)  # a loop that waited for the silent client would wait 10 minutes
     silent = socket.create_connection(("127.0.0.1", server.port))
     try:
         silent.sendall(b"\x00\x00")  # half a length prefix, then nothing
         udp.send("/musicgen/ping")
-        udp.expect("/musicgen/pong", timeout=1)
+        udp.expect("/musicgen/pong", timeout=30)
+        assert server.stats.tcp_timeouts == 0 and server.stats.tcp_silent == 0  # answered while it still stalls
     finally:
         silent.close()
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized
+from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized, UnknownAddress
 from bridge.frontends.osc.context import ClipRoots, Context, Services
 from bridge.frontends.osc.replies import (
     Connection,
@@ -425,11 +425,8 @@ class OscServer:
         try:
             args = self._check_token(args, len(route.params) if route is not None else 0)
             if route is None:
-                replies.send("/musicgen/fail", [
-                    echoed, "", "unknown_address",
-                    f"no address {safe_repr(address)}{self.routes.suggest(address[:MAX_ECHO])}: /musicgen/api/list "
-                    "lists them"])
-                return
+                raise UnknownAddress(f"no address {safe_repr(address)}{self.routes.suggest(address[:MAX_ECHO])}: "
+                                     "/musicgen/api/list lists them")
             ctx = Context(address=address, app=self.app, routes=self.routes, reply=replies.send,
                           peers=self._peers(origin), origin=origin, describe=self.router.describe, clips=self.clips)
             route.call(ctx, args)
