@@ -15,7 +15,7 @@ install-test:
 	$(PYTHON) -m pip install -q -e '.[test,link]'  # link: the Link tests (LinkPython-extern, GPL; optional for users)
 
 # Real peers for the tests: liblo's oscsend/oscdump, JACK's dummy backend, PortAudio, Lua; g++ builds
-# the native int8 kernel (bridge/kernels); iproute2: the Link tests' private network (unshare -rn).
+# the native int8 kernel (bridge/engine/kernels); iproute2: the Link tests' private network (unshare -rn).
 system-deps:
 	@if command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -1,8 +1,9 @@
 """The engine: owns the loaded model and turns text, prompt audio and melody into audio codes and back.
 
-No threads, no sockets, no files: callers (``api.py``) give it arrays and get arrays. Lengths past
-the model's ~30 s window are reached by sliding a window over the tokens, keeping the tail of what
-was generated as the next window's prompt (audiocraft's ``extend_stride``), never re-encoding audio.
+No threads, no sockets, no files: callers (``bridge.app.rendering``, ``bridge.app.jam``) give it
+arrays and get arrays. Lengths past the model's ~30 s window are reached by sliding a window over
+the tokens, keeping the tail of what was generated as the next window's prompt (audiocraft's
+``extend_stride``), never re-encoding audio.
 """
 
 from __future__ import annotations

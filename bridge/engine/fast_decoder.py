@@ -7,14 +7,14 @@ codebook), minus its per-step costs: no mask building, no ``DynamicCache`` growi
 (which copies the whole cache every step), the text's cross-attention keys and values projected once
 per window, and the residual stream kept in fp32 whatever the weights are stored in.
 
-``TokenLoop`` (``bridge/decoding.py``) owns the delay pattern and sampling; this file only turns the
+``TokenLoop`` (``bridge/engine/decoding.py``) owns the delay pattern and sampling; this file only turns the
 tokens of one step into the logits of the next. Precisions (``weights``):
 
 - ``fp32``: the checkpoint's own tensors, unchanged: greedy tokens equal ``generate``'s.
 - ``bf16``: weights rounded to bfloat16, matmuls in bf16 with fp32 accumulation, KV cache in bf16.
 - ``int8``: the transformer's linear layers as int8 with one scale per output channel, embeddings and
   the codebook heads in bf16. On x86 CPUs with AVX-512 VNNI or AVX2 the native kernel
-  (``bridge/kernels``) multiplies them with the activations quantized per row to 15 bits (finer than
+  (``bridge/engine/kernels``) multiplies them with the activations quantized per row to 15 bits (finer than
   bf16), and one native call runs all layers of a step; elsewhere torch's weight-only kernel does,
   with bf16 activations.
 - ``int4``: 4-bit groups of 32 input channels, torch's kernel: audibly lossy (a sketch mode), and
@@ -59,7 +59,7 @@ class PackedLinear:
             scales = w32.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             quantized = torch.round(w32 / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             if native and kernels.fits_int8_kernel(self.out_features, self.in_features):
-                # the native kernel (bridge/kernels): its interleaved layout, fp32 scales, fp32 out
+                # the native kernel (bridge/engine/kernels): its interleaved layout, fp32 scales, fp32 out
                 self.weight = kernels.pack_int8_weight(quantized)
                 self.scales = scales.contiguous()
                 self.kind = "int8-native"

@@ -10,7 +10,7 @@ for the next segment: sampling ones just apply, a new prompt swaps the text the 
 can go to 1 and back without re-reading anything. Only when the model's window (~30 s of positions)
 fills does the jam re-prompt a fresh window from the last ``context_seconds`` of tokens (melody
 checkpoints also on a prompt change: their text is part of the sequence). No threads here: a runner
-(``jam_runner.py``/the daemon) calls :meth:`Jam.next_segment` from the worker that owns the engine.
+(``bridge.app.jam``, for the daemon and the CLI) calls :meth:`Jam.next_segment` from the worker that owns the engine.
 """
 
 from __future__ import annotations

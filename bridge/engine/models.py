@@ -88,7 +88,7 @@ class LoadedModel:
     num_codebooks: int
     pad_token_id: int
     max_frames: int  # the decoder's trained window (about 30 s at 50 Hz for real checkpoints)
-    #: how the fast decoder stores its weights (bridge/fast_decoder.py): fp32, fp16, bf16, int8 or int4
+    #: how the fast decoder stores its weights (bridge/engine/fast_decoder.py): fp32, fp16, bf16, int8 or int4
     precision: str = "fp32"
 
     @property

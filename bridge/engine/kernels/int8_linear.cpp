@@ -22,7 +22,7 @@
 // - Output channels are split between threads with ``at::parallel_for`` (torch's own thread pool).
 //
 // One source, two builds: ``-DMGB_ISA_AVX512`` or ``-DMGB_ISA_AVX2`` picks the micro-kernels below;
-// the ops and ``decoder_layers`` are shared. Built at run time by ``bridge/kernels/__init__.py``
+// the ops and ``decoder_layers`` are shared. Built at run time by ``bridge/engine/kernels/__init__.py``
 // (g++, the flags there), loaded with ``torch.ops.load_library``, called as
 // ``torch.ops.musicgen_bridge.int8_linear`` / ``attention`` / ``dequantize_int8`` / ``decoder_layers``;
 // ``isa()`` names the build.
@@ -282,7 +282,7 @@ inline float vhmax(Vec v) {
 }
 
 #else
-#error "build with -DMGB_ISA_AVX512 or -DMGB_ISA_AVX2 (bridge/kernels/__init__.py does)"
+#error "build with -DMGB_ISA_AVX512 or -DMGB_ISA_AVX2 (bridge/engine/kernels/__init__.py does)"
 #endif
 
 // ---- shared by both builds, written on the Vec operations above ------------------------------------
