@@ -114,11 +114,7 @@ class RingBuffer:
             finished = bool(self._header[_FINISHED])
         n = min(written - read, frames)
         if n > 0:
-            start = read % self.capacity
-            first = min(n, self.capacity - start)
-            out[:first] = self._data[start:start + first]
-            if n > first:
-                out[first:n] = self._data[:n - first]
+            self._copy_out(out, read, n)
         if n < frames:
             out[n:] = 0.0
         with self._lock:
@@ -127,6 +123,14 @@ class RingBuffer:
                 self._header[_UNDERRUNS] += 1
                 self._header[_UNDERRUN_FRAMES] += frames - n
         return n if finished else frames
+
+    def _copy_out(self, out: np.ndarray, read: int, n: int) -> None:
+        """Copy ``n`` frames from stream position ``read`` into ``out[:n]``, across the ring's wrap."""
+        start = read % self.capacity
+        first = min(n, self.capacity - start)
+        out[:first] = self._data[start:start + first]
+        if n > first:
+            out[first:n] = self._data[:n - first]
 
     def read_upto(self, out: np.ndarray) -> int:
         """Copy up to ``len(out)`` queued frames into ``out`` and return how many; never waits, counts nothing.
@@ -138,11 +142,7 @@ class RingBuffer:
             read = int(self._header[_READ])
         n = min(written - read, int(out.shape[0]))
         if n > 0:
-            start = read % self.capacity
-            first = min(n, self.capacity - start)
-            out[:first] = self._data[start:start + first]
-            if n > first:
-                out[first:n] = self._data[:n - first]
+            self._copy_out(out, read, n)
             with self._lock:
                 self._header[_READ] = read + n
         return n
