@@ -19,13 +19,6 @@ J.PING_SECONDS = 2
 J.SILENT_SECONDS = 10  -- no word from the bridge for this long: it is gone
 J.STOP_WAIT = 60  -- seconds to wait for the last segment after asking the jam to stop
 
-local function with_token(args)
-  if not mg.token then return args end
-  local out = { table.unpack(args) }
-  out[#out + 1] = "token"; out[#out + 1] = mg.token
-  return out
-end
-
 local function say(text) reaper.ShowConsoleMsg("MusicGen: " .. text .. "\n") end
 
 local function clear()
@@ -64,7 +57,7 @@ function J.start(prompt, bars)
   args[#args + 1] = "play"; args[#args + 1] = 0
   local jam = { bars = bars, margin = T.margin(), placed = 0, track = nil }
   local udp, port = mg.open_udp(socket)
-  local function send(addr, a) udp:sendto(mg.encode(addr, with_token(a)), mg.host, mg.port) end
+  local send = mg.sender(udp)
   local begun, stopping, heard, was_playing = false, nil, false, T.is_playing()
   local last_heard, last_ping = mg.now(), mg.now()
 

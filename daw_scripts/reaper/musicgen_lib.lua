@@ -183,6 +183,11 @@ local function with_token(args)
   return out
 end
 
+-- send(address, args) on `udp` to the bridge, the token added when there is one.
+function M.sender(udp)
+  return function(address, args) udp:sendto(M.encode(address, with_token(args)), M.host, M.port) end
+end
+
 -- A non-blocking UDP socket for replies: at the reply_port setting (a port a firewall lets through),
 -- or any free port when it is 0 or taken (another action waits on it). Returns the socket and its port.
 function M.open_udp(socket)

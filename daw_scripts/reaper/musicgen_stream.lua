@@ -14,13 +14,6 @@ local S = {}
 S.PING_SECONDS = 2  -- how often the bridge is asked whether it is still there
 S.SILENT_SECONDS = 10  -- no word from the bridge for this long: it is gone
 
-local function with_token(args)
-  if not mg.token then return args end
-  local out = { table.unpack(args) }
-  out[#out + 1] = "token"; out[#out + 1] = mg.token
-  return out
-end
-
 -- The ids of the streams running in this REAPER (musicgen_cancel.lua cancels them).
 local function running(update)
   local ids = {}
@@ -55,7 +48,7 @@ function S.request(address, args, position, get_track, on_done)
   mg.remember(id, nil)
   add_running(id)
   local udp, port = mg.open_udp(socket)
-  local function send(addr, a) udp:sendto(mg.encode(addr, with_token(a)), mg.host, mg.port) end
+  local send = mg.sender(udp)
   local started = mg.now()
   local heard, last_heard, last_ping = false, started, started
   local silent = math.min(S.SILENT_SECONDS, mg.timeout)
