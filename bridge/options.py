@@ -318,10 +318,11 @@ def check_fields(cls: type, scopes: Iterable[str], others: Iterable[str], *, jam
     type, and ``| None`` exactly when that default is None. So an option added to the table without
     its field (or a field left without its option) stops the bridge at import, not in a user's job.
     """
-    wanted = {spec.name: spec for spec in _TABLE if spec.scopes & frozenset(scopes)}
-    have = {f.name: f for f in dataclasses.fields(cls) if f.name not in frozenset(others)}
+    given, skipped = frozenset(scopes), frozenset(others)
+    wanted = {spec.name: spec for spec in _TABLE if spec.scopes & given}
+    have = {f.name: f for f in dataclasses.fields(cls) if f.name not in skipped}
     problems = [f"no field for the option {name!r}" for name in wanted if name not in have]
-    problems += [f"a field {name!r} that is not an option given {' or '.join(SCOPES[s] for s in scopes)}"
+    problems += [f"a field {name!r} that is not an option given {' or '.join(SCOPES[s] for s in SCOPES if s in given)}"
                  for name in have if name not in wanted]
     for name in (n for n in wanted if n in have):
         spec, found = wanted[name], have[name]

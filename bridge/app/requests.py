@@ -25,6 +25,6 @@ def build_request(mode: str, prompt: str = "", options: Mapping[str, Any] | None
     """A validated Request: the job's fields, then ``options`` (typed; keys that are not fields are left
     out), then :meth:`Request.validate`, whose BadArgs says what to change. The values are taken as given:
     a front end that means "none" by 0 or "" says None (``Bridge.make_request`` does)."""
-    base = Request(mode=mode, prompt=prompt, seconds=seconds, clip=clip, clip_after=clip_after,  # type: ignore[arg-type]  # validate() checks the mode
-                   extra=dict(extra or {}))
+    base = Request(mode=mode, prompt=prompt, seconds=seconds,  # type: ignore[arg-type]  # validate() checks the mode
+                   clip=clip, clip_after=clip_after, extra=dict(extra or {}))
     return base.with_options(options or {}).validate()
