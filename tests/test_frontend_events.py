@@ -9,6 +9,8 @@ written before front ends had names included (they are the OSC server's).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import OscClient
 from tiny_frontend import NAME, TinyFrontEnd
@@ -141,6 +143,33 @@ def test_restored_jobs_go_back_to_the_front_end_that_submitted_them_old_records_
         assert tiny.job_ids() == {"tiny-r"}
         assert [(app.jobs.find(j).frontend, app.jobs.find(j).origin is None)
                 for j in ("tiny-r", "osc-old", "midi-r")] == [(NAME, False), (OSC, False), (MIDI, True)]
+    finally:
+        other.close()
+
+
+def test_a_damaged_record_still_tells_its_own_front_end_that_it_will_not_run(both, tmp_path):
+    other = OscClient()
+    journal = Journal(tmp_path / "state")
+    journal.open()
+    journal.accept("tiny-d", request(), "generate", reply={"frontend": NAME, "data": {"client": "dan"}})
+    journal.accept("osc-d", request(), "generate", reply={"frontend": OSC, "data": {
+        "host": "127.0.0.1", "ports": [other.port], "transport": "udp"}})
+    journal.close()
+    records = [json.loads(raw) for raw in journal.path.read_bytes().splitlines()]
+    for record in records[1:]:
+        record["submitted"] = "noon"  # no longer well formed: the job cannot run, its requester is still known
+    journal.path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+
+    again = Journal(tmp_path / "state")
+    recovery = again.open()
+    assert [e.id for e in recovery.unfinished] == ["tiny-d", "osc-d"]
+    try:
+        _app, _server, _client, tiny = both(again, recovery)
+        event, _job_id, origin, code = tiny.wait_end("tiny-d")
+        assert (event, origin, code) == ("fail", "dan", "internal")
+        fail = other.expect_end("osc-d", timeout=30)
+        assert fail.address == "/musicgen/fail" and fail.args[2] == "internal" and "not run again" in fail.args[3]
+        assert tiny.job_ids() == {"tiny-d"}
     finally:
         other.close()
 
