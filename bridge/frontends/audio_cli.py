@@ -77,7 +77,7 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.app.root import App  # noqa: PLC0415
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.compute import Launcher  # noqa: PLC0415
-    from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
+    from bridge.frontends.cli import CLI, _config_from_args, run_job  # noqa: PLC0415
 
     config = _config_from_args(args)
     options = {**options_from_args(args, (*names("jam"), "sync")), "play": not args.no_play}
@@ -90,7 +90,8 @@ def _jam(args: argparse.Namespace) -> int:
                           popen=Launcher().popen)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
     sys.stderr.write(f"loading {config.model} ...\n")
-    app = App.build(config, listener=_JamPrinter(), output=output)
+    app = App.build(config, output=output)
+    app.events.subscribe(CLI, _JamPrinter())
     try:
         request = app.bridge.make_request("jam", args.prompt, None, None, options)
         request = dataclasses.replace(request, seconds=args.for_seconds,

@@ -22,6 +22,9 @@ from bridge.errors import BadArgs, BridgeError, exit_code
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.options import names
 
+CLI = "cli"
+"""The one-shot commands' front-end name: their jobs' events go to their own listener."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line saying what to do."""
@@ -190,7 +193,8 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     check_output_folder(config.resolved_output_dir())  # refuse now, not after minutes of generating
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
-    app = App.build(config, listener=ProgressListener(None if args.quiet else ProgressBar(mode)))
+    app = App.build(config)
+    app.events.subscribe(CLI, ProgressListener(None if args.quiet else ProgressBar(mode)))
     try:
         if mode == "melody" and not app.bridge.engine.loaded.is_melody:
             raise BadArgs(f"melody mode needs a melody checkpoint, and {config.model} is not one: run the command "
@@ -210,7 +214,7 @@ def run_job(app: Any, request: Any, kind: Any, on_interrupt: Callable[[], None] 
 
     ``on_interrupt`` replaces the cancel on Ctrl-C (the jam stops gracefully and keeps its take).
     """
-    job = app.jobs.submit(request, kind=kind)
+    job = app.jobs.submit(request, kind=kind, frontend=CLI)
     try:
         app.jobs.wait(job)
     except KeyboardInterrupt:
