@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from bridge.audio.playback_child import C_FRAMES_OUT, C_STARTED, C_UNDERRUNS, OutputDevice
+from bridge.audio.playback_child import C_FRAMES_OUT, C_STARTED, C_UNDERRUNS, OutputInfo
 from bridge.audio.playback_devices import list_devices, parse_device
 from bridge.audio.playback_take import PlaybackStats, Take
 from bridge.audio.schedule import Placement
 from bridge.errors import BadArgs, BadAudio, NoAudioDevice
 
-__all__ = ["OutputDevice", "PlaybackStats", "Player", "list_devices", "parse_device"]
+__all__ = ["OutputInfo", "PlaybackStats", "Player", "list_devices", "parse_device"]
 
 log = logging.getLogger(__name__)
 
