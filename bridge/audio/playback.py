@@ -9,8 +9,8 @@ JACK started would never see JACK (``playback_devices`` lists them in a fresh ch
 re-imported), which loads sounddevice, opens the device, and plays from a ring buffer its callback only
 copies from. The daemon never loads PortAudio; the take's reader thread (``playback_take``), waiting on the
 child's pipe with a deadline, kills a child whose callback (or whose heartbeat) stopped, so a dead backend
-costs at most ``stall_timeout`` seconds and a ``no_audio_device`` error, never a hang. The callback also never waits for the daemon's GIL while the
-daemon generates.
+costs at most ``stall_timeout`` seconds and a ``no_audio_device`` error, never a hang. The callback also
+never waits for the daemon's GIL while the daemon generates.
 
 The two processes speak (``playback_take``) in framed messages (one type byte, a length, a payload) over
 the child's stdin and stdout. The parent sends audio only into room the child has reported (credits), so
@@ -75,7 +75,8 @@ class Player:
     def open(self, record: Record = False, start_seconds: float | None = None, scheduled: bool = False) -> None:
         """Open the device for a new take (stopping the current one); ``record``: keep (True) or write (a path) what plays.
 
-        ``record`` is read once into a :class:`Recording` (or None: nothing is kept).
+        ``record`` is read once into a :class:`Recording` (False or None: nothing is kept).
+
         ``start_seconds`` overrides the player's for this take: how much must be queued before playback
         starts by itself (a full buffer, ``start`` and ``finish`` start it too). ``scheduled``: the device
         plays from now on (silence until the first marked frame) and :meth:`mark` puts frames at host times.
