@@ -235,7 +235,7 @@ class JobQueue:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._wake.wait(0.05 if left is None else min(left, 0.05))
+                self._wake.wait(left)
             return True
 
     def wait_idle(self, timeout: float) -> bool:
@@ -246,7 +246,7 @@ class JobQueue:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._wake.wait(min(left, 0.05))
+                self._wake.wait(left)
             return True
 
     # -- the intake (with a journal) ------------------------------------------------------------
