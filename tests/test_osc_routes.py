@@ -106,7 +106,6 @@ def test_the_declaration_must_match_the_handler():
 
     with pytest.raises(ValueError, match="twice"):
         table.add("/musicgen/z", port=PORT)(z)
-    table.add("/musicgen/z", replace=True, port=PORT)(z)  # a later module may take an address over
 
 
 def test_usage_is_built_from_the_declaration():

@@ -200,11 +200,6 @@ class Bridge:
         check_output_folder(self.store.folder, estimate_bytes(samples, channels, variations=request.variations,
                                                               fmt=request.format, copies=2 if request.stream else 1))
 
-    def plan(self, request: Request, clip: planning.ClipFacts | None) -> planning.Plan:
-        """The sample-exact layout ``run`` would use for ``request`` (for tests and tools)."""
-        return planning.plan(request, clip, self.engine)
-
-
 
 def stop_if_cancelled(is_cancelled: Callable[[], bool]) -> None:
     """Cancelled when the job was cancelled: called between stages, so a cancel never waits for the whole job."""
