@@ -191,7 +191,8 @@ def fake_app(mapper):
     bridge = FakeBridge(mapper.library)
 
     def make(jamming=False):
-        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, queued), queued=queued)
+        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, queued), queued=queued,
+                               midi_clock=None)
 
     apps = []
     yield lambda jamming=False: apps.append(make(jamming)) or apps[-1]

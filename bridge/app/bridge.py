@@ -66,7 +66,7 @@ class Bridge:
         self.renderer = Renderer(engine)
         self.link = link
         self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
-        self.jam = JamController(engine, self.output, self.store, presets, link=link, midi=self.midi_clock)
+        self.jam = JamController(self.output, self.store, presets, link=link, midi=self.midi_clock)
         self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
         self.loops = loops.LoopMaker(engine)
 
@@ -148,7 +148,7 @@ class Bridge:
         ``on_warning`` hears what the user should know while the job runs (a jam slower than real time).
         """
         if request.mode == "jam":
-            return self.jam.run(job_id, request, is_cancelled, on_chunk, on_warning)
+            return self.jam.run(self.engine, job_id, request, is_cancelled, on_chunk, on_warning)
         started = time.monotonic()
         if request.play:
             self.check_output(PLAY_ZERO)  # no device: fail before generating

@@ -67,6 +67,12 @@ class JamControl(Protocol):
     def stop(self) -> None: ...
 
 
+class LinkView(Protocol):
+    """The Ableton Link session (:class:`bridge.app.link.LinkSession`): its state now."""
+
+    def state(self) -> Any: ...
+
+
 class Services(Protocol):
     """What the composition root hands the OSC front end (:class:`bridge.app.root.App`)."""
 
@@ -81,6 +87,9 @@ class Services(Protocol):
 
     @property
     def jam(self) -> JamControl: ...
+
+    @property
+    def link(self) -> LinkView | None: ...
 
 
 ADDRESS_OF: dict[JobKind, str] = {

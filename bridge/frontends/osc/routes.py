@@ -372,7 +372,7 @@ def link_state(ctx: Context) -> None:
 
     Replies: `/musicgen/link <enabled 0/1> <peers> <tempo> <beat> <playing 0/1>` (`0 0 0 -1 0` without --link)
     """
-    session = getattr(ctx.app, "link", None)
+    session = ctx.app.link
     if session is None:
         ctx.reply("/musicgen/link", [0, 0, 0.0, -1.0, 0])
         return
