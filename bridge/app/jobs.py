@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bridge.app.job_types import ALL, MAX_ID_LENGTH, Job, JobKind, JobListener, NullListener, Runner
-from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
+from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound, error_for
 
 if TYPE_CHECKING:
     from bridge.app.journal import Journal, JournalEntry
@@ -197,7 +197,7 @@ class JobQueue:
                     job.result = JobResult(paths=[Path(p) for p in entry.paths], seconds=entry.seconds or 0.0,
                                            sample_rate=0)
                 else:
-                    job.error = _error_of(entry.code or "internal", entry.message or "")
+                    job.error = error_for(entry.code or "internal", entry.message or "")
                 self._finished.append(job)
             for entry in entries:
                 job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
@@ -455,10 +455,3 @@ def _placeholder() -> Request:
     from bridge.options import Request  # noqa: PLC0415
 
     return Request()
-
-
-def _error_of(code: str, message: str) -> BridgeError:
-    """A BridgeError that reports ``code`` (as recorded in the journal) with ``message``."""
-    error = BridgeError(message)
-    error.code = code
-    return error

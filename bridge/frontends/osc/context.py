@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bridge.app.jobs import Job, JobKind, JobQueue
 from bridge.errors import BadArgs, BridgeError, NotFound
+from bridge.frontends.osc.fail import FAIL, fail_args
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -182,4 +183,4 @@ class Context:
 
     def fail(self, error: BridgeError, job_id: str = "") -> None:
         """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""
-        self.reply("/musicgen/fail", [self.address, job_id, error.code, error.message])
+        self.reply(FAIL, fail_args(self.address, job_id, error))
