@@ -13,8 +13,8 @@ BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail`
   UnknownAddress unknown_address an OSC address the bridge has no route for (the reply suggests the closest)
   Internal       internal        a bug: the message says where to report it
 
-Every message tells the user what to do next. Front ends turn these into replies in one place
-(the OSC server, the CLI's main); nothing else catches them. The command line exits with
+One class per code (:data:`ERRORS`). Every message tells the user what to do next. Front ends turn
+these into replies in one place (the OSC server, the CLI's main); nothing else catches them. The command line exits with
 :func:`exit_code` of the error's code (``musicgen-bridge send --wait`` too, for a ``/musicgen/fail``).
 """
 
