@@ -1,6 +1,6 @@
 # make serve   install and run the daemon with the default model (facebook/musicgen-small)
 # make test    install everything the tests need and run them
-# make lint    ruff, mypy and the import contract (lint-imports)
+# make lint    ruff, mypy, the import contract (lint-imports) and no import circle (tools/check_imports.py)
 PYTHON ?= python3
 APT_PACKAGES = liblo-tools libportaudio2 libsndfile1 jackd2 lua5.4 lua-socket g++ iproute2
 
@@ -33,7 +33,8 @@ test: system-deps install-test
 	$(PYTHON) -m pytest -q
 
 lint: install-test
-	$(PYTHON) -m ruff check bridge tests daw_scripts/ableton $(wildcard benchmarks)
+	$(PYTHON) -m ruff check bridge tests tools daw_scripts/ableton $(wildcard benchmarks)
 	$(PYTHON) -m mypy
 	MYPYPATH=daw_scripts/ableton $(PYTHON) -m mypy --disallow-untyped-defs -p MusicGenBridge  # against ableton-live-stubs
 	lint-imports  # the layers: front ends -> app -> engine | audio -> core (pyproject.toml)
+	$(PYTHON) tools/check_imports.py  # the same contracts counting imports by name, and no import circle at all

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,6 @@ from bridge.config import Config
 from bridge.errors import StorageError
 
 RATE = 32000  # tiny-random's
-
-
-def _free_port() -> int:
-    """A port free a moment ago: a race (another process may take it first). Kept for tests that import it
-    (``test_poison_jobs.py``); a daemon started with port 0 reports its own (:class:`Daemon`)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Daemon:

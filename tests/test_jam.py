@@ -55,7 +55,7 @@ def test_bad_jam_settings_say_what_to_do(tiny_engine):
 def test_stream_resampler_equals_one_shot(rate_from, rate_to):
     from scipy.signal import resample_poly
 
-    from bridge.app.jam import StreamResampler
+    from bridge.audio import StreamResampler
 
     rng = np.random.default_rng(1)
     signal = rng.standard_normal((2, 50_000)).astype(np.float32) * 0.1

@@ -192,7 +192,7 @@ def test_link_state_without_link_answers_disabled_over_udp(osc_server):
 
 
 SERVE_CHECKS = r"""
-import json, socket, subprocess, sys, time
+import json, re, socket, subprocess, sys, time
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
@@ -201,16 +201,14 @@ assert peer.stdout.readline().strip() == "ready"
 replies = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 replies.bind(("127.0.0.1", 0))
 replies.settimeout(0.5)
-with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
 daemon = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--link", "--model", "tiny-random", "--port",
-                           str(port), "--reply-port", str(replies.getsockname()[1]), "--output-dir", OUT],
+                           "0", "--reply-port", str(replies.getsockname()[1]), "--output-dir", OUT],
                           stderr=subprocess.PIPE, text=True)
 banner = ""
 while "Ctrl-C stops" not in banner:
     banner = daemon.stderr.readline()
     assert banner, "the daemon exited"
+port = int(re.search(r"on 127\.0\.0\.1:(\d+)", banner).group(1))  # port 0: the one it picked
 link_line = daemon.stderr.readline()
 
 def send(address, *args):

@@ -37,7 +37,8 @@ class Listener(NullListener):
         result_box.append(error.code + ": " + error.message); ended.set()
 
 result_box = []
-app = App.build(Config(model="tiny-random", output_dir=OUT, presets_dir=PRESETS), listener=Listener())
+app = App.build(Config(model="tiny-random", output_dir=OUT, presets_dir=PRESETS))
+app.events.subscribe("test", Listener(), unclaimed=True)  # hears the jam MIDI starts (MIDI has no listener)
 mapper = MidiMapper(app.presets, "sync")
 app.midi_clock.attached = True  # what serve --midi does
 sent = []

@@ -9,7 +9,7 @@ import time
 import pytest
 import soundfile as sf
 
-from bridge.app.jobs import JobQueue
+from bridge.app.jobs import JobEvents, JobQueue
 from bridge.errors import BadArgs, Busy, NotFound
 from bridge.options import Request
 
@@ -68,7 +68,9 @@ def make_queue(fake_bridge, recorder):
     queues = []
 
     def make(maxsize=16, bridge=None, listener=None, **kwargs):
-        q = JobQueue(bridge or fake_bridge, maxsize, listener or recorder, **kwargs)
+        events = JobEvents()
+        events.subscribe("test", listener or recorder, unclaimed=True)  # these jobs name no front end
+        q = JobQueue(bridge or fake_bridge, maxsize, events, **kwargs)
         queues.append(q)
         return q
 
@@ -174,8 +176,8 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(fake_bridge, make_queue,
             if round(fraction * fake_bridge.steps) == 5:
                 q.cancel("long")  # from the worker's own progress call, so the step it comes after is known
 
-    q = make_queue(listener=CancelAtStepFive(), progress_interval=0.0)
-    recorder = q.listener
+    recorder = CancelAtStepFive()
+    q = make_queue(listener=recorder, progress_interval=0.0)
     q.submit(text(), "long")
     end = recorder.wait_end("long", timeout=30)
     assert end[0] == "fail" and end[2].code == "cancelled" and "by a client" in end[2].message

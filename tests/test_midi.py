@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import mido
 import pytest
 
-from bridge.app.jobs import JobKind, JobQueue
+from bridge.app.jobs import JobEvents, JobKind, JobQueue
 from bridge.app.presets import PresetLibrary
 from bridge.app.results import JobResult
 from bridge.errors import BadArgs
@@ -191,7 +191,9 @@ def fake_app(mapper):
     bridge = FakeBridge(mapper.library)
 
     def make(jamming=False):
-        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, queued), queued=queued,
+        events = JobEvents()
+        events.subscribe("test", queued, unclaimed=True)  # MIDI's jobs are unclaimed: no front end listens for them
+        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, events), queued=queued,
                                midi_clock=None)
 
     apps = []

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from conftest import OscClient
-from test_crash_safety import _ends, _free_port, daemons  # noqa: F401  (daemons is a fixture)
+from test_crash_safety import _ends, daemons  # noqa: F401  (daemons is a fixture)
 
 
 def _journal_lines(state: Path) -> list[dict]:
@@ -18,11 +18,11 @@ def _journal_lines(state: Path) -> list[dict]:
 
 
 def test_a_job_running_at_two_crashes_is_failed_internal_instead_of_run_a_third_time(daemons, tmp_path):  # noqa: F811
-    port = _free_port()
-    client = OscClient(server_port=port)
+    client = OscClient()
     state = tmp_path / "out.state"
     try:
-        first = daemons(port, client.port)
+        first = daemons(0, client.port)  # port 0: it picks a free one, and the restarts listen there again
+        port = client.server_port = first.port
         client.send("/musicgen/generate", "poison", "keys", 120.0)
         client.send("/musicgen/generate", "behind", "keys", 1.0)
         client.expect("/musicgen/progress", lambda m: m.args[0] == "poison", timeout=120)
@@ -66,9 +66,8 @@ def _write(path: Path, *records: dict) -> None:
 
 
 def test_damaged_records_whose_requester_can_be_read_are_told_fail_internal(daemons, tmp_path):  # noqa: F811
-    port = _free_port()
-    client = OscClient(server_port=port)
-    other = OscClient(server_port=port)  # a requester whose port only the journal knows
+    client = OscClient()
+    other = OscClient()  # a requester whose port only the journal knows
     header = {"format": "musicgen-bridge-journal", "version": 1, "created": 1.0}
     _write(tmp_path / "out.state" / "journal.jsonl", header,
            _accepted("good", other.port),
@@ -77,7 +76,8 @@ def test_damaged_records_whose_requester_can_be_read_are_told_fail_internal(daem
            {"type": "ended", "id": "ended-damaged", "state": "done", "at": 2.0, "paths": [], "seconds": 1.0},
            _accepted("invalid", other.port, request={"mode": "text", "prompt": "keys", "seconds": -4.0}))
     try:
-        daemon = daemons(port, client.port)
+        daemon = daemons(0, client.port)
+        client.server_port = other.server_port = daemon.port
         ends = {job_id: [other.expect_end(job_id, timeout=120)] for job_id in ("good", "damaged", "invalid")}
         assert ends["good"][0].address == "/musicgen/done"
         for job_id in ("damaged", "invalid"):
@@ -97,15 +97,14 @@ def test_damaged_records_whose_requester_can_be_read_are_told_fail_internal(daem
 
 
 def test_a_journal_moved_aside_still_tells_the_requesters_it_names(daemons, tmp_path):  # noqa: F811
-    port = _free_port()
-    client = OscClient(server_port=port)
-    other = OscClient(server_port=port)
+    client = OscClient()
+    other = OscClient()
     state = tmp_path / "out.state"
     _write(state / "journal.jsonl", {"format": "musicgen-bridge-journal", "version": 99, "created": 1.0},
            _accepted("from-the-future", other.port), _accepted("finished", other.port),
            {"type": "ended", "id": "finished", "state": "failed", "at": 2.0})
     try:
-        daemons(port, client.port)
+        client.server_port = other.server_port = daemons(0, client.port).port
         end = other.expect_end("from-the-future", timeout=60)
         assert end.address == "/musicgen/fail" and end.args[2] == "internal"
         assert "journal was damaged" in end.args[3] and "version 99" in end.args[3]

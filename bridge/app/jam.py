@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
+from bridge.audio import StreamResampler
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
 from bridge.errors import BadArgs, Busy, Cancelled, NoAudioDevice, NotFound
@@ -50,50 +49,6 @@ MIDI_CLOCK_WAIT = 10.0  # seconds a sync midi jam waits for clock pulses
 PREROLL_SEGMENTS = 2  # segments queued before playback starts on a machine faster than real time
 SLOW_MARGIN = 1.15  # pre-roll headroom over the measured speed
 _NEVER_BY_ITSELF = 1e9  # seconds: the runner, not the player, decides when playback starts
-
-
-class StreamResampler:
-    """Polyphase resampling of a stream in pieces, equal to resampling it in one go (up to float error).
-
-    Keeps a left context and holds back a right context of input, so every output sample is computed
-    with the same neighbours as in a one-shot ``resample_poly``.
-    """
-
-    def __init__(self, rate_from: int, rate_to: int, channels: int, context: int = 1024) -> None:
-        ratio = Fraction(rate_to, rate_from)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        self.context = math.ceil(context / self.down) * self.down
-        self.history = np.zeros((channels, 0), dtype=np.float32)
-        self.pending = np.zeros((channels, 0), dtype=np.float32)
-
-    def _run(self, n: int, right: np.ndarray) -> np.ndarray:
-        from scipy.signal import resample_poly  # noqa: PLC0415
-
-        block = np.concatenate([self.history, self.pending[:, :n], right], axis=1)
-        out = resample_poly(block, self.up, self.down, axis=1)
-        left = self.history.shape[1] * self.up // self.down
-        result = np.ascontiguousarray(out[:, left : left + n * self.up // self.down], dtype=np.float32)
-        self.history = np.concatenate([self.history, self.pending[:, :n]], axis=1)[:, -self.context :]
-        self.pending = self.pending[:, n:]
-        return result
-
-    def push(self, data: np.ndarray) -> np.ndarray:
-        if self.up == self.down:
-            return data
-        self.pending = np.concatenate([self.pending, data.astype(np.float32)], axis=1)
-        n = (self.pending.shape[1] - self.context) // self.down * self.down
-        if n <= 0:
-            return np.zeros((data.shape[0], 0), dtype=np.float32)
-        return self._run(n, self.pending[:, n : n + self.context])
-
-    def flush(self) -> np.ndarray:
-        if self.up == self.down or self.pending.shape[1] == 0:
-            return np.zeros((self.pending.shape[0], 0), dtype=np.float32)
-        n = self.pending.shape[1]
-        pad = (-n) % self.down
-        self.pending = np.concatenate([self.pending, np.zeros((self.pending.shape[0], pad), np.float32)], axis=1)
-        out = self._run(n + pad, np.zeros((self.pending.shape[0], 0), dtype=np.float32))
-        return out[:, : math.ceil(n * self.up / self.down)]
 
 
 def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> float:
@@ -330,7 +285,7 @@ class JamController:
                     request: Request, announce: Callable[..., None], warn: Callable[[str], None]) -> JamTake:
         record = request.extra.get("record")
         kwargs: dict[str, Any] = {"on_segment": announce, "for_seconds": request.seconds, "warn": warn,
-                                  "record": Path(record) if record else None, "make_resampler": StreamResampler}
+                                  "record": Path(record) if record else None}
         if not request.play:
             return run_synced_jam(jam, folder, should_stop, clock, **kwargs)
         with self.output.for_jam(on_stop=self._stop_from_output) as player:

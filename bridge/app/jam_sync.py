@@ -46,12 +46,12 @@ OnSegment = Callable[[int, Path, float, float, float], None]  # index, path, sta
 class _Placer:
     """The parent's side of placing: resamples the jam's stream for the device and marks each segment's frame."""
 
-    def __init__(self, player: Any, clock: BarClock, rate: int, channels: int, make_resampler: Any) -> None:
+    def __init__(self, player: Any, clock: BarClock, rate: int, channels: int) -> None:
         self.player = player
         self.clock = clock
         self.rate = rate
         self.ratio = Fraction(player.sample_rate, rate)
-        self.resampler = make_resampler(rate, player.sample_rate, channels)
+        self.resampler = audio.StreamResampler(rate, player.sample_rate, channels)
 
     def place(self, segment: Segment, beat: float, beats_per_bar: int) -> None:
         frame = round(segment.start_sample * self.ratio)  # the segment's first frame in the device-rate stream
@@ -66,11 +66,8 @@ class _Placer:
 def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], clock: BarClock,
                    player: Any | None = None, on_segment: OnSegment | None = None,
                    for_seconds: float | None = None, record: Path | None = None,
-                   warn: Callable[[str], None] | None = None, make_resampler: Any = None) -> JamTake:
-    """Generate segments on the set's bar grid until stopped (or ``for_seconds`` of audio).
-
-    ``make_resampler(rate_from, rate_to, channels)``: the stream resampler for the device (with a player).
-    """
+                   warn: Callable[[str], None] | None = None) -> JamTake:
+    """Generate segments on the set's bar grid until stopped (or ``for_seconds`` of audio)."""
     say = warn or log.warning
     folder.mkdir(parents=True, exist_ok=True)
     rate = jam.engine.sample_rate
@@ -81,7 +78,7 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
     placer: _Placer | None = None
     if player is not None:
         player.open(record=record if record is not None else False, scheduled=True)
-        placer = _Placer(player, clock, rate, jam.engine.channels, make_resampler)
+        placer = _Placer(player, clock, rate, jam.engine.channels)
     caveat = clock.caveat()
     if caveat:
         say(caveat)

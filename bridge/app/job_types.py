@@ -1,8 +1,9 @@
 """What a job is, as every layer sees it: its kind, its state, who hears about it (the listener).
 
-:class:`Job` is one accepted request from queued to done, failed or cancelled; :class:`JobListener`
-receives its events (the OSC server turns them into replies); :class:`Runner` is what the queue
-needs of the facade. The queue that moves jobs is :mod:`bridge.app.jobs`.
+:class:`Job` is one accepted request from queued to done, failed or cancelled; a front end's
+:class:`JobListener` receives the events of its jobs (the OSC server turns them into replies;
+:mod:`bridge.app.job_events` says who hears which job); :class:`Runner` is what the queue needs of
+the facade. The queue that moves jobs is :mod:`bridge.app.jobs`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Runner(Protocol):
 
 
 class JobListener(Protocol):
-    """Receives a job's events; the OSC server turns them into replies."""
+    """Receives a front end's job events (:meth:`bridge.app.job_events.JobEvents.subscribe`)."""
 
     def queued(self, job: Job, position: int) -> None: ...
 
@@ -92,8 +93,10 @@ class Job:
     id: str
     request: Request
     kind: JobKind = JobKind.GENERATE
+    frontend: str = ""
+    """The name of the front end that submitted it ("": none; its events go to those hearing unclaimed jobs)."""
     origin: Any = None
-    """Where replies go, as the front end that submitted it understands it; None: everyone."""
+    """Where replies go, as the front end that submitted it understands it (opaque to the app)."""
     state: str = "queued"  # queued | running | done | failed | cancelled
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None

@@ -1,16 +1,17 @@
 """The job queue: a bounded queue and the one worker thread that owns the engine.
 
-Every front end (OSC, MIDI, the CLI) submits :class:`Job` s here. The worker runs them one at a
-time through ``bridge.run`` and reports each step to a :class:`JobListener`: ``queued`` first,
-``progress`` at most ~10 times a second, ``chunk`` while streaming, then exactly one ``done`` or
-``fail``, always with the client's id. A full queue is :class:`~bridge.errors.Busy` at
-:meth:`JobQueue.submit`; cancel takes a queued job out of the queue, and stops a running one at
-its next step (a decoding step, or between post-processing stages and variations). The last
-finished jobs are remembered, for ``/musicgen/job``.
+Every front end (OSC, MIDI, the CLI) submits :class:`Job` s here, under its name and with its own
+origin. The worker runs them one at a time through ``bridge.run`` and publishes each step to the
+front end's :class:`JobListener` (:class:`~bridge.app.job_events.JobEvents`: each front end hears
+its own jobs): ``queued`` first, ``progress`` at most ~10 times a second, ``chunk`` while
+streaming, then exactly one ``done`` or ``fail``, always with the client's id. A full queue is
+:class:`~bridge.errors.Busy` at :meth:`JobQueue.submit`; cancel takes a queued job out of the
+queue, and stops a running one at its next step (a decoding step, or between post-processing
+stages and variations). The last finished jobs are remembered, for ``/musicgen/job``.
 
 With a :class:`~bridge.app.journal.Journal`, every accepted job is on disk (fsynced) before its
 ``queued`` goes out, its start and its end are recorded, and :meth:`JobQueue.restore` brings the
-jobs a crash interrupted back into the queue in their order, with their ids, seeds and requesters;
+jobs a crash interrupted back into the queue in their order, with their ids, seeds and origins;
 one that was running at two crashes in a row is failed (``internal``) instead of run a third time.
 
 No disk write and no listener call happens under the queue's lock, and with a journal the
@@ -31,18 +32,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bridge.app.job_events import JobEvents
+from bridge.app.job_restore import jobs_from_journal
 from bridge.app.job_types import ALL, MAX_ID_LENGTH, Job, JobKind, JobListener, NullListener, Runner
-from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound, error_for
+from bridge.errors import BadArgs, BridgeError, Busy, Cancelled, Internal, NotFound
 
 if TYPE_CHECKING:
     from bridge.app.journal import Journal, JournalEntry
     from bridge.app.results import Chunk, JobResult
     from bridge.options import Request
 
-__all__ = ["ALL", "MAX_ID_LENGTH", "Job", "JobKind", "JobListener", "JobQueue", "NullListener", "Runner"]
+__all__ = ["ALL", "MAX_ID_LENGTH", "Job", "JobEvents", "JobKind", "JobListener", "JobQueue", "NullListener", "Runner"]
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,15 @@ SHUTTING_DOWN = "the bridge is shutting down; send the job again once it is back
 class JobQueue:
     """A bounded queue of jobs and the one worker thread that runs them on the engine."""
 
-    def __init__(self, bridge: Runner, maxsize: int = 16, listener: JobListener | None = None, *,
+    def __init__(self, bridge: Runner, maxsize: int = 16, events: JobEvents | None = None, *,
                  progress_interval: float = 0.1, journal_size: int = 64, journal: Journal | None = None,
                  on_worker_start: Callable[[], object] | None = None) -> None:
         if maxsize < 1:
             raise BadArgs(f"the queue size must be 1 or more, got {maxsize}")
         self.bridge = bridge
         self.maxsize = maxsize
-        self.listener: JobListener = listener if listener is not None else NullListener()
+        self.events = events if events is not None else JobEvents()
+        """Who hears which job's events: front ends subscribe here."""
         self.progress_interval = progress_interval
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -116,20 +119,23 @@ class JobQueue:
 
     # -- requests ---------------------------------------------------------------------------
     def submit(self, request: Request, job_id: str = "", kind: JobKind = JobKind.GENERATE,
-               origin: Any = None, reply: Any = None) -> Job:
+               origin: Any = None, *, frontend: str = "") -> Job:
         """Accept a job and have it reported ``queued``; raise Busy when the queue is full.
 
         ``job_id`` "" lets the queue pick a unique one. An id that is still queued or running
-        is refused (BadArgs), so replies and cancels always name one job. With a journal, the
+        is refused (BadArgs), so replies and cancels always name one job. ``frontend`` names the
+        front end whose listener hears the job's events, ``origin`` is its own (opaque here); ""
+        is none (the job is unclaimed, see :mod:`bridge.app.job_events`). With a journal, the
         intake thread writes the job to disk before it is queued (a disk that refuses ends it
-        ``fail storage``), with ``reply`` (plain data from the front end saying where its replies
-        go, for a restart) and its seed fixed, so running it again gives the same result.
+        ``fail storage``), with its origin as that front end describes it (for a restart) and its
+        seed fixed, so running it again gives the same result.
         """
         if len(job_id) > MAX_ID_LENGTH:
             raise BadArgs(f"job id is {len(job_id)} characters long: keep it under {MAX_ID_LENGTH}")
         if job_id == ALL:
             raise BadArgs(f"{ALL!r} means every job and cannot be a job id: pick another id, or \"\"")
         self.start()
+        reply = self.events.record(frontend, origin) if self.journal is not None else None
         with self._lock:
             if self._closing:
                 raise Busy("the bridge is shutting down and takes no new jobs; send it again once it is back")
@@ -141,7 +147,7 @@ class JobQueue:
             if len(self._waiting) + len(self._intake) >= self.maxsize:
                 raise Busy(f"the queue is full ({self.maxsize} jobs waiting): wait for a /musicgen/done, cancel "
                            "jobs, or start the bridge with a larger --queue")
-            job = Job(id=job_id, request=request, kind=kind, origin=origin)
+            job = Job(id=job_id, request=request, kind=kind, frontend=frontend, origin=origin)
             if self.journal is not None:
                 self._intake.append((job, reply))
                 self._wake.notify_all()
@@ -174,39 +180,21 @@ class JobQueue:
             self._finish(job, error=Cancelled(f"job {job.id} was cancelled by a client before it started"))
         return taken + flagged
 
-    def restore(self, entries: list[JournalEntry], ended: list[JournalEntry],
-                origin_for: Callable[[Any], Any], *, fresh: bool = False) -> list[Job]:
+    def restore(self, entries: list[JournalEntry], ended: list[JournalEntry], *, fresh: bool = False) -> list[Job]:
         """After a restart: queue the jobs the journal holds unfinished, in their order, and remember the ended ones.
 
-        Each keeps its id, kind, request (with its seed) and requester (``origin_for(entry.reply)``).
-        A jam is not resumed, and with ``fresh`` nothing is: those end cancelled, told to their
-        requester. A job whose record cannot be read (a damaged journal), and one that was running
-        each of the last two times the bridge died, end ``fail internal`` saying so. Restored jobs
-        may exceed the queue's bound: they were accepted before. Returns the jobs queued again.
+        Each keeps its id, kind, request (with its seed), front end and origin (turned back by that
+        front end's subscription: call this once the front ends have subscribed). A jam is not
+        resumed, and with ``fresh`` nothing is: those end cancelled, told to their front end. A job
+        whose record cannot be read (a damaged journal), and one that was running each of the
+        last two times the bridge died, end ``fail internal`` saying so. Restored jobs may exceed
+        the queue's bound: they were accepted before. Returns the jobs queued again.
         """
-        from bridge.app.results import JobResult  # noqa: PLC0415
-
+        finished, again, refused = jobs_from_journal(entries, ended, self.events, fresh=fresh)
         self.start()
-        queued: list[tuple[Job, int]] = []
-        refused: list[tuple[Job, BridgeError]] = []
         with self._lock:
-            for entry in ended:
-                job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
-                          state=entry.state)
-                if entry.state == "done":
-                    job.result = JobResult(paths=[Path(p) for p in entry.paths], seconds=entry.seconds or 0.0,
-                                           sample_rate=0)
-                else:
-                    job.error = error_for(entry.code or "internal", entry.message or "")
-                self._finished.append(job)
-            for entry in entries:
-                job = Job(id=entry.id, request=entry.request or _placeholder(), kind=_kind(entry.kind),
-                          origin=origin_for(entry.reply))
-                error = _not_run_again(job, entry, fresh)
-                if error is not None:
-                    refused.append((job, error))
-                else:
-                    queued.append((job, self._enqueue(job)))
+            self._finished.extend(finished)
+            queued = [(job, self._enqueue(job)) for job in again]
         for job, error in refused:
             if isinstance(error, Internal):
                 log.warning("%s", error.message)
@@ -419,39 +407,4 @@ class JobQueue:
             log.error("the job journal could not be written (%s): %s", exc.code, exc.message)
 
     def _emit(self, event: str, job: Job, payload: Any) -> None:
-        try:
-            getattr(self.listener, event)(job, payload)
-        except Exception:
-            # A listener that breaks (a closed socket, a bug) must not take the worker down with it.
-            log.exception("the job listener failed on %s for job %s", event, job.id)
-
-
-def _not_run_again(job: Job, entry: JournalEntry, fresh: bool) -> BridgeError | None:
-    """Why a job the journal held unfinished ends instead of running again, or None when it runs."""
-    if fresh:
-        return Cancelled(f"job {job.id} was not run again: the bridge was restarted clean (--fresh), so it did not "
-                         "run it: send it again")
-    if entry.request is None:
-        return Internal(f"job {job.id} was not run again: {entry.error}; send it again")
-    if job.kind is JobKind.JAM or entry.request.mode == "jam":
-        return Cancelled(f"job {job.id} was not run again: the bridge restarted, and a jam is not resumed: "
-                         "start it again")
-    if entry.poisonous:
-        return Internal(f"job {job.id} was running each of the last {entry.attempts} times the bridge stopped "
-                        "without finishing it (a crash, or the system killing it for memory), so it is not run "
-                        "again: it may be what brings the bridge down. Send it again with a shorter length, fewer "
-                        "variations or a lower sample_rate, and report it with the daemon's log")
-    return None
-
-
-def _kind(value: str) -> JobKind:
-    try:
-        return JobKind(value)
-    except ValueError:
-        return JobKind.GENERATE
-
-
-def _placeholder() -> Request:
-    from bridge.options import Request  # noqa: PLC0415
-
-    return Request()
+        self.events.publish(event, job, payload)  # a listener that raises is logged there, never raised here

@@ -5,7 +5,7 @@ folder, ``journal.jsonl`` by default::
 
     {"format": "musicgen-bridge-journal", "version": 1, "created": 1764580000.0}
     {"type": "accepted", "id": "j1", "kind": "generate", "request": {...}, "seed": 1234,
-     "reply": {"host": "127.0.0.1", "port": 9001, "transport": "udp"}, "submitted": 1764580001.5}
+     "reply": {"frontend": "osc", "data": {...}}, "submitted": 1764580001.5}
     {"type": "started", "id": "j1", "at": 1764580001.6, "attempt": 1}
     {"type": "ended", "id": "j1", "state": "done", "at": 1764580003.0, "paths": ["/out/a.wav"], "seconds": 4.0}
     {"type": "ended", "id": "j2", "state": "failed", "at": 1764580004.0, "code": "model_error", "message": "..."}
@@ -17,7 +17,7 @@ folder, ``journal.jsonl`` by default::
   ``dataclasses.asdict`` of :class:`bridge.options.Request` (rebuilt and re-validated by
   :func:`request_from_record`), the seed it runs with (never null: :meth:`Journal.accept` picks
   one when the request left it to chance, so a re-run gives the asked result), where its replies
-  go (plain JSON, opaque to the journal) and the wall time it was submitted. It is written and
+  go (its front end's name and data, opaque to the journal) and the wall time it was submitted. It is written and
   fsynced before :meth:`Journal.accept` returns, so before ``/musicgen/queued`` goes out.
 - ``started`` when the worker takes the job, with ``attempt``: 1, then 2 when a crash made it run
   again (a job running at :data:`MAX_ATTEMPTS` crashes is failed, not run again); ``ended`` with ``state`` ``done`` (``paths``,

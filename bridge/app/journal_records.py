@@ -224,10 +224,18 @@ def line(record: Mapping[str, Any]) -> bytes:
 
 
 def readable_requester(record: Any) -> bool:
-    """True when a line looks like an ``accepted`` record whose id and requester can be read (it may be damaged)."""
-    return (isinstance(record, dict) and record.get("type") == "accepted" and isinstance(record.get("id"), str)
-            and bool(record["id"]) and isinstance(record.get("reply"), dict)
-            and isinstance(record["reply"].get("host"), str))
+    """True when a line looks like an ``accepted`` record whose id and requester can be read (it may be damaged).
+
+    The requester is a front end's data (``{"frontend": name, "data": ...}``, data not null) or, in a
+    record older than front-end names, the OSC server's reply address (``{"host": ...}``).
+    """
+    if not (isinstance(record, dict) and record.get("type") == "accepted" and isinstance(record.get("id"), str)
+            and bool(record["id"]) and isinstance(record.get("reply"), dict)):
+        return False
+    reply = record["reply"]
+    if isinstance(reply.get("frontend"), str):
+        return reply.get("data") is not None
+    return isinstance(reply.get("host"), str)
 
 
 def damaged_entry(record: Mapping[str, Any], why: str) -> JournalEntry:

@@ -2,7 +2,8 @@
 
 ``serve``, the one-shot commands and ``jam`` all start here: one engine, one :class:`Bridge` with its
 services, one output device, one jam controller, one :class:`JobQueue` that OSC, MIDI and the CLI
-submit to. Nothing else makes these, so there is exactly one of each per process.
+submit to, and its :class:`JobEvents`, where each front end subscribes to hear its own jobs. Nothing
+else makes these, so there is exactly one of each per process.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from bridge.app.bridge import Bridge
 from bridge.app.jam import JamController
-from bridge.app.jobs import JobListener, JobQueue, Runner
+from bridge.app.job_events import JobEvents
+from bridge.app.jobs import Job, JobQueue, Runner
 from bridge.app.journal import Journal, Recovery, default_state_folder
 from bridge.app.link import LinkSession
 from bridge.app.midi_clock import MidiClock
@@ -57,8 +59,13 @@ class App:
     recovery: Recovery | None = None
     """What the journal held when the app was built (jobs a crash interrupted), for the front end to restore."""
 
+    @property
+    def events(self) -> JobEvents:
+        """Where front ends subscribe to their jobs' events (:class:`bridge.app.job_events.JobEvents`)."""
+        return self.jobs.events
+
     @classmethod
-    def build(cls, config: Config, *, listener: JobListener | None = None, engine: Engine | None = None,
+    def build(cls, config: Config, *, engine: Engine | None = None,
               presets: PresetLibrary | None = None, output: OutputDevice | None = None,
               journal: bool = False) -> App:
         """Load the model (once) and the preset banks, and wire every service to them.
@@ -84,22 +91,20 @@ class App:
             if link is not None:
                 link.close()
             raise
-        app = cls.around(config, bridge, listener=listener, journal=opened[0] if opened else None)
+        app = cls.around(config, bridge, journal=opened[0] if opened else None)
         app.recovery = opened[1] if opened else None
         return app
 
     @classmethod
-    def around(cls, config: Config, bridge: Bridge, *, listener: JobListener | None = None,
-               journal: Journal | None = None) -> App:
+    def around(cls, config: Config, bridge: Bridge, *, journal: Journal | None = None) -> App:
         """An App around a Bridge already built, sharing its output device, jam controller, banks and clocks."""
         return cls.assemble(config, bridge, output=bridge.output, jam=bridge.jam, presets=bridge.presets,
-                            midi_clock=bridge.midi_clock, link=bridge.link, listener=listener, journal=journal)
+                            midi_clock=bridge.midi_clock, link=bridge.link, journal=journal)
 
     @classmethod
     def assemble(cls, config: Config, runner: Runner, *, output: OutputDevice, jam: JamController,
                  presets: PresetLibrary | None = None, midi_clock: MidiClock | None = None,
-                 link: LinkSession | None = None, listener: JobListener | None = None,
-                 journal: Journal | None = None) -> App:
+                 link: LinkSession | None = None, journal: Journal | None = None) -> App:
         """An App of parts already built: the facade that runs jobs (a Bridge, or a test's stand-in) and
         what front ends use beside it. The job queue is made here, its worker at the configured priority."""
         plan = plan_compute(config.threads, config.priority)
@@ -107,9 +112,18 @@ class App:
         def lower_worker() -> str:
             return yield_this_thread(plan)
 
-        jobs = JobQueue(runner, config.queue_size, listener, journal=journal, on_worker_start=lower_worker)
+        jobs = JobQueue(runner, config.queue_size, JobEvents(), journal=journal, on_worker_start=lower_worker)
         return cls(config=config, bridge=runner, jobs=jobs, output=output, jam=jam, presets=presets,
                    midi_clock=midi_clock, link=link, journal=journal)
+
+    def restore(self, *, fresh: bool = False) -> list[Job]:
+        """Queue again the jobs the journal held unfinished (a crash); ``fresh``: end them cancelled instead.
+
+        Call it once the front ends have subscribed: each turns its own jobs' origins back.
+        """
+        if self.recovery is None:
+            return []
+        return self.jobs.restore(self.recovery.unfinished, self.recovery.ended, fresh=fresh)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel and report every job, then let go of the output device."""

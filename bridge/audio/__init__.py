@@ -151,6 +151,50 @@ def resampled_length(samples: int, rate_from: int, rate_to: int) -> int:
     return math.ceil(samples * ratio.numerator / ratio.denominator)
 
 
+class StreamResampler:
+    """Polyphase resampling of a stream in pieces, equal to resampling it in one go (up to float error).
+
+    Keeps a left context and holds back a right context of input, so every output sample is computed
+    with the same neighbours as in a one-shot ``resample_poly``.
+    """
+
+    def __init__(self, rate_from: int, rate_to: int, channels: int, context: int = 1024) -> None:
+        ratio = Fraction(rate_to, rate_from)
+        self.up, self.down = ratio.numerator, ratio.denominator
+        self.context = math.ceil(context / self.down) * self.down
+        self.history = np.zeros((channels, 0), dtype=np.float32)
+        self.pending = np.zeros((channels, 0), dtype=np.float32)
+
+    def _run(self, n: int, right: np.ndarray) -> np.ndarray:
+        from scipy.signal import resample_poly  # noqa: PLC0415
+
+        block = np.concatenate([self.history, self.pending[:, :n], right], axis=1)
+        out = resample_poly(block, self.up, self.down, axis=1)
+        left = self.history.shape[1] * self.up // self.down
+        result = np.ascontiguousarray(out[:, left : left + n * self.up // self.down], dtype=np.float32)
+        self.history = np.concatenate([self.history, self.pending[:, :n]], axis=1)[:, -self.context :]
+        self.pending = self.pending[:, n:]
+        return result
+
+    def push(self, data: np.ndarray) -> np.ndarray:
+        if self.up == self.down:
+            return data
+        self.pending = np.concatenate([self.pending, data.astype(np.float32)], axis=1)
+        n = (self.pending.shape[1] - self.context) // self.down * self.down
+        if n <= 0:
+            return np.zeros((data.shape[0], 0), dtype=np.float32)
+        return self._run(n, self.pending[:, n : n + self.context])
+
+    def flush(self) -> np.ndarray:
+        if self.up == self.down or self.pending.shape[1] == 0:
+            return np.zeros((self.pending.shape[0], 0), dtype=np.float32)
+        n = self.pending.shape[1]
+        pad = (-n) % self.down
+        self.pending = np.concatenate([self.pending, np.zeros((self.pending.shape[0], pad), np.float32)], axis=1)
+        out = self._run(n + pad, np.zeros((self.pending.shape[0], 0), dtype=np.float32))
+        return out[:, : math.ceil(n * self.up / self.down)]
+
+
 def match_channels(data: np.ndarray, channels: int) -> np.ndarray:
     """Mix down to mono, or copy mono to both sides of a stereo pair."""
     have = data.shape[0]

@@ -7,10 +7,10 @@ the process. PortAudio also lists devices once, when it is loaded, so a daemon t
 JACK started would never see JACK (``playback_devices`` lists them in a fresh child). So each take runs
 ``python -m bridge.audio.playback_child`` (a plain subprocess: nothing of the caller's ``__main__`` is
 re-imported), which loads sounddevice, opens the device, and plays from a ring buffer its callback only
-copies from. The daemon never loads PortAudio; a watchdog thread (``playback_take``) kills a child whose
-callback (or whose heartbeat) stopped, so a dead backend costs at most ``stall_timeout`` seconds and a
-``no_audio_device`` error, never a hang. The callback also never waits for the daemon's GIL while the
-daemon generates.
+copies from. The daemon never loads PortAudio; the take's reader thread (``playback_take``), waiting on the
+child's pipe with a deadline, kills a child whose callback (or whose heartbeat) stopped, so a dead backend
+costs at most ``stall_timeout`` seconds and a ``no_audio_device`` error, never a hang. The callback also
+never waits for the daemon's GIL while the daemon generates.
 
 The two processes speak (``playback_take``) in framed messages (one type byte, a length, a payload) over
 the child's stdin and stdout. The parent sends audio only into room the child has reported (credits), so
@@ -26,20 +26,21 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bridge.audio.playback_child import C_FRAMES_OUT, C_STARTED, C_UNDERRUNS, OutputDevice
+from bridge.audio.playback_child import C_FRAMES_OUT, C_STARTED, C_UNDERRUNS, OutputInfo
 from bridge.audio.playback_devices import list_devices, parse_device
-from bridge.audio.playback_take import PlaybackStats, Take
+from bridge.audio.playback_take import PlaybackStats, Recording, Take
 from bridge.audio.schedule import Placement
 from bridge.errors import BadArgs, BadAudio, NoAudioDevice
 
-__all__ = ["OutputDevice", "PlaybackStats", "Player", "list_devices", "parse_device"]
+__all__ = ["OutputInfo", "PlaybackStats", "Player", "Recording", "list_devices", "parse_device"]
 
 log = logging.getLogger(__name__)
+
+Record = bool | str | os.PathLike[str] | Recording | None  # what ``record`` may be: see Recording.of
 
 
 class Player:
@@ -71,9 +72,10 @@ class Player:
         self._lock = threading.Lock()  # one open/stop at a time
 
     # Feeding it yourself.
-    def open(self, record: bool | str | Path = False, start_seconds: float | None = None,
-             scheduled: bool = False) -> None:
+    def open(self, record: Record = False, start_seconds: float | None = None, scheduled: bool = False) -> None:
         """Open the device for a new take (stopping the current one); ``record``: keep (True) or write (a path) what plays.
+
+        ``record`` is read once into a :class:`Recording` (False or None: nothing is kept).
 
         ``start_seconds`` overrides the player's for this take: how much must be queued before playback
         starts by itself (a full buffer, ``start`` and ``finish`` start it too). ``scheduled``: the device
@@ -83,7 +85,7 @@ class Player:
         spec = dict(spec, scheduled=scheduled)
         with self._lock:
             self._end_take()
-            self._take = Take(spec, record, self.stall_timeout, self.open_timeout, self._popen)
+            self._take = Take(spec, Recording.of(record), self.stall_timeout, self.open_timeout, self._popen)
             log.info("audio device %s open at %d Hz in %.2f s", self._take.info["name"], self._take.sample_rate,
                      self._take.open_seconds)
 
@@ -166,7 +168,7 @@ class Player:
         self.close()
 
     # Handing it a whole result.
-    def play_array(self, audio: np.ndarray, sample_rate: int, record: bool | str | Path = False) -> None:
+    def play_array(self, audio: np.ndarray, sample_rate: int, record: Record = False) -> None:
         """Play (channels, samples) or mono audio at any rate (resampled to the device's); returns at once."""
         data = np.asarray(audio, dtype=np.float32)
         if data.ndim == 1:
@@ -186,7 +188,7 @@ class Player:
                                     daemon=True)
         producer.start()
 
-    def play_file(self, path: str | os.PathLike[str], record: bool | str | Path = False) -> None:
+    def play_file(self, path: str | os.PathLike[str], record: Record = False) -> None:
         """Play an audio file (NotFound / BadAudio when it is missing or not audio); returns at once."""
         from bridge.audio import read_clip  # noqa: PLC0415
 
@@ -255,7 +257,7 @@ class Player:
         (the padding of the last device block after the end is not part of it).
         """
         take = self._current()
-        if not take._record_keep:
+        if take.record is None or take.record.file is not None:
             raise BadArgs("this take was not recorded in memory: open it with record=True")
         return take.recording()
 

@@ -48,8 +48,8 @@ STATUS_STRUCT = struct.Struct(f"<{COUNTERS}q")
 
 
 @dataclass(frozen=True)
-class OutputDevice:
-    """An audio output as PortAudio lists it."""
+class OutputInfo:
+    """One audio output device as PortAudio lists it (what `musicgen-bridge devices` prints)."""
 
     index: int
     name: str
@@ -106,13 +106,13 @@ def _import_sounddevice() -> Any:
     return sd
 
 
-def _outputs_here(sd: Any) -> list[OutputDevice]:
+def _outputs_here(sd: Any) -> list[OutputInfo]:
     hostapis = sd.query_hostapis()
     try:
         default_index = int(sd.query_devices(kind="output")["index"])
     except (ValueError, sd.PortAudioError):
         default_index = -1
-    return [OutputDevice(index=int(info["index"]), name=str(info["name"]),
+    return [OutputInfo(index=int(info["index"]), name=str(info["name"]),
                          hostapi=str(hostapis[info["hostapi"]]["name"]), channels=int(info["max_output_channels"]),
                          default_rate=float(info["default_samplerate"]), is_default=int(info["index"]) == default_index)
             for info in sd.query_devices() if info["max_output_channels"] > 0]

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.audio.playback_child import OutputDevice
+from bridge.audio.playback_child import OutputInfo
 from bridge.errors import NoAudioDevice
 
-__all__ = ["OutputDevice", "child_command", "list_devices", "parse_device"]
+__all__ = ["OutputInfo", "child_command", "list_devices", "parse_device"]
 
 
 def parse_device(value: str | int | None) -> str | int | None:
@@ -36,7 +36,7 @@ def child_command(*args: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "bridge.audio.playback_child", *args], env
 
 
-def list_devices(timeout: float = 15.0) -> list[OutputDevice]:
+def list_devices(timeout: float = 15.0) -> list[OutputInfo]:
     """The output devices PortAudio sees now (asked in a fresh process, so a JACK server started late shows up).
 
     Raises NoAudioDevice when PortAudio itself cannot be loaded; no devices at all is an empty list.
@@ -55,5 +55,5 @@ def list_devices(timeout: float = 15.0) -> list[OutputDevice]:
                             "check that PortAudio (libportaudio2) is installed") from None
     if "error" in answer:
         raise NoAudioDevice(answer["error"])
-    return [OutputDevice(**d) for d in answer["devices"]]
+    return [OutputInfo(**d) for d in answer["devices"]]
 

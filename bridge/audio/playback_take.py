@@ -1,10 +1,18 @@
-"""One take: a playback child process from open to done, fed by credits, read by a reader thread, guarded by a watchdog."""
+"""One take: a playback child process from open to done, fed by credits, read and watched by one reader thread.
+
+The reader waits on the child's stdout with a deadline: the child heartbeats every 10 ms, so a child
+that stops talking, or a device that stops asking for audio, is noticed there and the child is killed
+(``no_audio_device``); a message that breaks the protocol ends the take the same way, saying so.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
+import os
+import select
 import subprocess
 import tempfile
 import threading
@@ -36,6 +44,7 @@ from bridge.audio.playback_child import (
     ERROR,
     FINISH,
     FLUSH,
+    HEADER,
     MARK,
     MARK_STRUCT,
     OPEN,
@@ -44,23 +53,52 @@ from bridge.audio.playback_child import (
     READY,
     RECORD,
     START,
+    STARTED,
     STATUS,
     STATUS_STRUCT,
     STOP,
     STOPPED,
     TIMES,
-    receive,
     send,
 )
 from bridge.audio.playback_devices import child_command
 from bridge.audio.schedule import Placement
 from bridge.errors import BadArgs, NoAudioDevice
 
-__all__ = ["PlaybackStats", "Take"]
+__all__ = ["PlaybackStats", "Recording", "Take"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK_FRAMES = 4096  # audio goes over the pipe in pieces this big
+_READ_BYTES = 1 << 16  # a pipe's buffer
+_MAX_MESSAGE = 1 << 28  # bytes: far above the largest record batch (2 s of 32 channels at 384 kHz is 98 MB)
+_NAMES = {READY: "ready", ERROR: "error", STARTED: "started", STATUS: "status", RECORD: "record", DONE: "done",
+          STOPPED: "stopped", PLACED: "placed", CLOCK: "clock", TIMES: "times"}
+_SIZES = {STATUS: STATUS_STRUCT.size, CLOCK: CLOCK_STRUCT.size, PLACED: PLACED_STRUCT.size, STARTED: 0, DONE: 0,
+          STOPPED: 0}
+_INFO_KEYS = ("name", "sample_rate", "capacity", "latency")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What a take keeps of the audio it hands the device: all of it, in memory (``file`` None) or in ``file``.
+
+    In memory it is :meth:`Player.recording <bridge.audio.playback.Player.recording>`'s; a file is written
+    as the take plays and closed when it ends.
+    """
+
+    file: Path | None = None
+
+    @classmethod
+    def of(cls, record: bool | str | os.PathLike[str] | Recording | None) -> Recording | None:
+        """The Player's ``record`` argument: False or None keeps nothing, True keeps it in memory, a path writes it there."""
+        if isinstance(record, Recording):
+            return record
+        if record is True:
+            return cls()
+        if record is None or record is False:
+            return None
+        return cls(Path(record))
 
 
 @dataclass(frozen=True)
@@ -80,7 +118,7 @@ class PlaybackStats:
 class Take:
     """One child process playing one stream from open to done; the Player owns at most one at a time."""
 
-    def __init__(self, spec: dict[str, Any], record: bool | str | Path, stall_timeout: float,
+    def __init__(self, spec: dict[str, Any], record: Recording | None, stall_timeout: float,
                  open_timeout: float, popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         self.stall_timeout = stall_timeout
         self.error: NoAudioDevice | None = None
@@ -98,8 +136,7 @@ class Take:
         self._send_lock = threading.Lock()
         self._stdin_closed = False
         self._end_lock = threading.Lock()
-        self._last_heard = time.monotonic()
-        self._record_keep = record is True
+        self.record = record  # None: nothing is kept
         self._record_parts: list[np.ndarray] = []
         self._record_file: Any = None
         self._record_lock = threading.Lock()
@@ -114,7 +151,7 @@ class Take:
         assert self.process.stdin is not None and self.process.stdout is not None  # internal: asked for above
         self._in_fd = self.process.stdin.fileno()
         self._out_fd = self.process.stdout.fileno()
-        self._message(OPEN, json.dumps(dict(spec, record=record is not False)).encode())
+        self._message(OPEN, json.dumps(dict(spec, record=record is not None)).encode())
         threading.Thread(target=self._read_child, name="musicgen-playback-reader", daemon=True).start()
         if not self.ready.wait(open_timeout):
             self._end("error", f"the audio device did not open within {open_timeout:.0f} s (is the audio server "
@@ -124,13 +161,12 @@ class Take:
         self.open_seconds = time.monotonic() - opened_at
         self.sample_rate = int(self.info["sample_rate"])
         self.capacity = int(self.info["capacity"])
-        if not isinstance(record, bool):
+        if record is not None and record.file is not None:
             try:
-                self._record_file = _open_record_file(Path(record), self.sample_rate, self.channels)
+                self._record_file = _open_record_file(record.file, self.sample_rate, self.channels)
             except BadArgs:
                 self.stop(1.0)
                 raise
-        threading.Thread(target=self._watch, name="musicgen-playback-watchdog", daemon=True).start()
 
     # Talking to the child.
     def _message(self, kind: bytes, payload: bytes = b"") -> bool:
@@ -144,30 +180,33 @@ class Take:
         return True
 
     def _read_child(self) -> None:
+        """The take's one thread: reads the child's messages and ends the take when the child goes silent."""
+        frames = _Frames(self.channels)
+        watch = _Silence(self.stall_timeout)
+        pipe = select.poll()
+        pipe.register(self._out_fd, select.POLLIN)
         try:
             while True:
-                kind, payload = receive(self._out_fd)
-                self._last_heard = time.monotonic()
-                if kind == STATUS:
-                    self.counters = list(STATUS_STRUCT.unpack(payload))
-                    with self._progress:
-                        self._progress.notify_all()
-                elif kind == RECORD:
-                    self._keep_record(np.frombuffer(payload, dtype=np.float32).reshape(-1, self.channels))
-                elif kind == CLOCK:
-                    self.clock_line = CLOCK_STRUCT.unpack(payload)
-                elif kind == TIMES:
-                    self.callback_times.append(np.frombuffer(payload, dtype=np.int64).reshape(-1, 2))
-                elif kind == PLACED:
-                    self.placements.append(Placement(*PLACED_STRUCT.unpack(payload)))
-                elif kind == READY:
-                    self.info = json.loads(payload)
-                    self.ready.set()
-                elif kind == ERROR:
-                    self._end("error", payload.decode(errors="replace"))
-                elif kind in (DONE, STOPPED):
-                    self._end("done" if kind == DONE else "stopped", None)
-        except (EOFError, OSError, ValueError):
+                due = None if self.finished.is_set() else watch.due(self.counters)
+                wait_ms = None
+                if due is not None:
+                    now = time.monotonic()
+                    if now >= due:
+                        self._end("error", self._silence_message(watch, now))
+                        continue  # ended: read on until the killed child's pipe closes
+                    wait_ms = math.ceil((due - now) * 1000)
+                if not pipe.poll(wait_ms):
+                    continue  # the deadline came first: checked at the top
+                data = os.read(self._out_fd, _READ_BYTES)
+                if not data:
+                    break
+                for kind, payload in frames.feed(data):
+                    self._take_message(kind, payload)
+                    watch.heard(kind, self.counters, time.monotonic())
+        except _Malformed as exc:
+            self._end("error", f"the audio process sent a malformed message ({exc}), so it was stopped: play "
+                               "again, and report it with the log if it happens again")
+        except OSError:
             pass
         self.process.wait()
         if self.outcome is None:
@@ -178,6 +217,35 @@ class Take:
             if stream is not None:
                 stream.close()
 
+    def _take_message(self, kind: bytes, payload: bytes) -> None:
+        if kind == STATUS:
+            self.counters = list(STATUS_STRUCT.unpack(payload))
+            with self._progress:
+                self._progress.notify_all()
+        elif kind == RECORD:
+            self._keep_record(np.frombuffer(payload, dtype=np.float32).reshape(-1, self.channels))
+        elif kind == CLOCK:
+            self.clock_line = CLOCK_STRUCT.unpack(payload)
+        elif kind == TIMES:
+            self.callback_times.append(np.frombuffer(payload, dtype=np.int64).reshape(-1, 2))
+        elif kind == PLACED:
+            self.placements.append(Placement(*PLACED_STRUCT.unpack(payload)))
+        elif kind == READY:
+            self.info = _device_info(payload)
+            self.ready.set()
+        elif kind == ERROR:
+            self._end("error", payload.decode(errors="replace"))
+        elif kind in (DONE, STOPPED):
+            self._end("done" if kind == DONE else "stopped", None)
+        # STARTED: the status's C_STARTED says it too
+
+    def _silence_message(self, watch: _Silence, now: float) -> str:
+        if watch.heard_at is not None and now - watch.heard_at >= self.stall_timeout:
+            return (f"the audio process for {self.info['name']} stopped responding "
+                    f"for {self.stall_timeout:.1f} s: restart the audio server and retry")
+        return (f"audio device {self.info['name']} stopped asking for audio (no callback for "
+                f"{self.stall_timeout:.1f} s; was the JACK server stopped?): start it again and retry")
+
     def _stderr_tail(self) -> str:
         self._stderr.seek(0)
         lines = self._stderr.read().decode(errors="replace").strip().splitlines()
@@ -187,23 +255,8 @@ class Take:
         with self._record_lock:
             if self._record_file is not None:
                 self._record_file.write(frames)
-            elif self._record_keep:
+            elif self.record is not None and self.record.file is None:
                 self._record_parts.append(frames)
-
-    def _watch(self) -> None:
-        last_count, last_change = -1, time.monotonic()
-        while not self.finished.wait(0.02):
-            now = time.monotonic()
-            c = self.counters
-            if c[C_CALLBACKS] != last_count:
-                last_count, last_change = c[C_CALLBACKS], now
-            if now - self._last_heard > self.stall_timeout:
-                self._end("error", f"the audio process for {self.info['name']} stopped responding "
-                                   f"for {self.stall_timeout:.1f} s: restart the audio server and retry")
-            elif c[C_STARTED] and not c[C_DRAINED] and now - last_change > self.stall_timeout:
-                self._end("error", f"audio device {self.info['name']} stopped asking for audio (no callback for "
-                                   f"{self.stall_timeout:.1f} s; was the JACK server stopped?): start it again "
-                                   "and retry")
 
     def _end(self, outcome: str, message: str | None) -> None:
         """Settle the take once: record the outcome, make sure the child is gone, wake everyone."""
@@ -250,16 +303,14 @@ class Take:
         total = frames.shape[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         done = 0
-        while done < total and not self.finished.is_set():
-            room = self.capacity - self.queued
-            if room <= 0:
-                with self._progress:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._progress.wait(0.05 if left is None else min(0.05, left))
-                continue
-            n = min(room, total - done, _CHUNK_FRAMES)
+        while done < total:
+            with self._progress:  # woken by each status from the child and by the end
+                left = None if deadline is None else deadline - time.monotonic()
+                if not self._progress.wait_for(lambda: self.finished.is_set() or self.queued < self.capacity, left):
+                    break
+            if self.finished.is_set():
+                break
+            n = min(self.capacity - self.queued, total - done, _CHUNK_FRAMES)
             if not self._message(AUDIO, np.ascontiguousarray(frames[done:done + n], dtype=np.float32).tobytes()):
                 break
             self.sent += n
@@ -312,3 +363,79 @@ def _open_record_file(path: Path, rate: int, channels: int) -> Any:
         raise BadArgs(f"cannot write the recording to {path} ({exc}): give a .wav or .flac path in a "
                       "writable folder") from None
 
+
+class _Malformed(Exception):
+    """A message from the child that breaks the protocol; says what was wrong."""
+
+
+class _Frames:
+    """The child's framed messages (``playback_child.HEADER``, then the payload) from the pipe's pieces, checked."""
+
+    def __init__(self, channels: int) -> None:
+        self._buffer = bytearray()
+        self._multiple = {RECORD: 4 * channels, TIMES: 16}  # float32 frames; (int64, int64) pairs
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buffer)
+            self._check(kind, length)
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            messages.append((kind, bytes(self._buffer[HEADER.size:end])))
+            del self._buffer[:end]
+        return messages
+
+    def _check(self, kind: bytes, length: int) -> None:
+        name = _NAMES.get(kind)
+        if name is None:
+            raise _Malformed(f"an unknown message type {kind!r} of {length} bytes")
+        size, multiple = _SIZES.get(kind), self._multiple.get(kind)
+        if size is not None and length != size:
+            raise _Malformed(f"a {name} message of {length} bytes, not {size}")
+        if multiple is not None and length % multiple:
+            raise _Malformed(f"a {name} message of {length} bytes, not a multiple of {multiple}")
+        if length > _MAX_MESSAGE:
+            raise _Malformed(f"a {name} message of {length} bytes, over the limit of {_MAX_MESSAGE}")
+
+
+def _device_info(payload: bytes) -> dict[str, Any]:
+    """The READY message: the device the child opened, as JSON."""
+    try:
+        info = json.loads(payload)
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or any(key not in info for key in _INFO_KEYS):
+        raise _Malformed(f"a ready message that is not the device's description: {payload[:80]!r}")
+    return info
+
+
+class _Silence:
+    """The reader's watch on the child: when it has said nothing, or its device asked for nothing, for too long.
+
+    It starts at the child's READY (from then on the child sends its status every 10 ms).
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.heard_at: float | None = None
+        self._callbacks = -1
+        self._changed_at = 0.0
+
+    def heard(self, kind: bytes, counters: list[int], now: float) -> None:
+        if kind != READY and self.heard_at is None:
+            return
+        self.heard_at = now
+        if counters[C_CALLBACKS] != self._callbacks:
+            self._callbacks, self._changed_at = counters[C_CALLBACKS], now
+
+    def due(self, counters: list[int]) -> float | None:
+        """When silence ends the take (``time.monotonic``); None before the child is ready."""
+        if self.heard_at is None:
+            return None
+        due = self.heard_at + self.limit
+        if counters[C_STARTED] and not counters[C_DRAINED]:
+            due = min(due, self._changed_at + self.limit)
+        return due

@@ -11,6 +11,7 @@ from typing import Any
 from bridge.app.jobs import NullListener
 from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP
 from bridge.errors import BadArgs
+from bridge.frontends.cli_common import CLI, config_from_args, run_job
 from bridge.frontends.cli_options import add_option_flags, options_from_args
 from bridge.frontends.osc.serve import add_link_argument
 from bridge.options import names
@@ -77,9 +78,8 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.app.root import App  # noqa: PLC0415
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.compute import Launcher  # noqa: PLC0415
-    from bridge.frontends.cli import _config_from_args, run_job  # noqa: PLC0415
 
-    config = _config_from_args(args)
+    config = config_from_args(args)
     options = {**options_from_args(args, (*names("jam"), "sync")), "play": not args.no_play}
     if args.record is not None and not args.record.expanduser().parent.is_dir():
         raise BadArgs(f"--record {args.record}: the folder {args.record.expanduser().parent} does not exist: create "
@@ -90,7 +90,8 @@ def _jam(args: argparse.Namespace) -> int:
                           popen=Launcher().popen)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
     sys.stderr.write(f"loading {config.model} ...\n")
-    app = App.build(config, listener=_JamPrinter(), output=output)
+    app = App.build(config, output=output)
+    app.events.subscribe(CLI, _JamPrinter())
     try:
         request = app.bridge.make_request("jam", args.prompt, None, None, options)
         request = dataclasses.replace(request, seconds=args.for_seconds,

@@ -19,7 +19,10 @@ from bridge.app.jobs import NullListener
 from bridge.compute import prepare_environment
 from bridge.config import PRECISION_HELP, PRIORITY_HELP, THREADS_HELP
 from bridge.errors import BadArgs, BridgeError, exit_code
+from bridge.frontends import audio_cli, bench_cli, client
+from bridge.frontends.cli_common import CLI, config_from_args, run_job
 from bridge.frontends.cli_options import add_option_flags, options_from_args
+from bridge.frontends.osc import serve
 from bridge.options import names
 
 
@@ -133,37 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(fill)
     _add_model_args(fill)
 
-    _add_optional_commands(sub)
+    # the commands whose code lives in their own modules; each adds its own parsers
+    serve.add_parsers(sub)
+    client.add_parsers(sub)
+    bench_cli.add_parsers(sub)
+    audio_cli.add_parsers(sub)
     return parser
-
-
-def _add_optional_commands(sub: Any) -> None:
-    """Commands whose code lives in other modules; each adds its own parser."""
-    for module_name in ("bridge.frontends.osc.serve", "bridge.frontends.client", "bridge.frontends.bench_cli",
-                        "bridge.frontends.audio_cli"):
-        try:
-            module = __import__(module_name, fromlist=["add_parsers"])
-        except ImportError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parsers(sub)
 
 
 def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options given as flags; ``--seconds`` is the length argument, passed on its own."""
     return options_from_args(args, [name for name in names("cli") if name != "seconds"])
-
-
-def _config_from_args(args: argparse.Namespace) -> Any:
-    from bridge.config import load_config  # noqa: PLC0415
-    from bridge.frontends.osc.serve import check_link_argument  # noqa: PLC0415
-
-    return load_config(args.config, overrides={
-        "model": args.model, "device": args.device, "precision": args.precision, "output_dir": args.output_dir,
-        "threads": getattr(args, "threads", None), "priority": getattr(args, "priority", None),
-        "link": check_link_argument(args) or None,
-    })
 
 
 def _run_one_shot(args: argparse.Namespace) -> int:
@@ -176,7 +159,7 @@ def _run_one_shot(args: argparse.Namespace) -> int:
             "infill": "infill"}[args.command]
     kind = {"text": JobKind.GENERATE, "continue": JobKind.CONTINUE, "melody": JobKind.MELODY, "loop": JobKind.LOOP,
             "infill": JobKind.INFILL}[mode]
-    config = _config_from_args(args)
+    config = config_from_args(args)
     after = getattr(args, "after", None)
     # Check the arguments before spending seconds on loading the model.
     Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
@@ -190,7 +173,8 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     check_output_folder(config.resolved_output_dir())  # refuse now, not after minutes of generating
     if not args.quiet:
         sys.stderr.write(f"loading {config.model} ...\n")
-    app = App.build(config, listener=ProgressListener(None if args.quiet else ProgressBar(mode)))
+    app = App.build(config)
+    app.events.subscribe(CLI, ProgressListener(None if args.quiet else ProgressBar(mode)))
     try:
         if mode == "melody" and not app.bridge.engine.loaded.is_melody:
             raise BadArgs(f"melody mode needs a melody checkpoint, and {config.model} is not one: run the command "
@@ -203,26 +187,6 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     for path in result.paths:
         print(path)
     return 0
-
-
-def run_job(app: Any, request: Any, kind: Any, on_interrupt: Callable[[], None] | None = None) -> Any:
-    """Submit one job to the app's queue and wait for its end; its error is raised, Ctrl-C cancels it.
-
-    ``on_interrupt`` replaces the cancel on Ctrl-C (the jam stops gracefully and keeps its take).
-    """
-    job = app.jobs.submit(request, kind=kind)
-    try:
-        app.jobs.wait(job)
-    except KeyboardInterrupt:
-        if on_interrupt is None:
-            app.jobs.cancel(job.id)
-            app.jobs.wait(job, timeout=30.0)
-            raise
-        on_interrupt()
-        app.jobs.wait(job)
-    if job.error is not None:
-        raise job.error
-    return job.result
 
 
 class ProgressListener(NullListener):

@@ -30,6 +30,8 @@ __all__ = ["Action", "FirePreset", "MidiActions", "MidiInput", "MidiMapper", "Pu
 
 log = logging.getLogger(__name__)
 
+MIDI = "midi"
+"""The MIDI controller's front-end name; it subscribes to no job events (its jobs are unclaimed)."""
 CLOCKS_PER_BEAT = 24  # MIDI clock: 24 pulses per quarter note
 CLOCK_GAP = 0.5  # seconds: a longer pause between pulses (slower than 5 bpm) means the clock stopped
 TEMPO_STEP = 0.5  # bpm: smaller changes are clock jitter, not a new tempo
@@ -210,7 +212,8 @@ class MidiActions:
     """What the daemon does with each action: fire presets as jobs, steer and start/stop the jam.
 
     ``app`` is the composition root's :class:`bridge.app.root.App`: presets become requests through
-    its facade and go to its one job queue (their replies go to every registered OSC port); knobs,
+    its facade and go to its one job queue as the ``midi`` front end, which has no listener of its
+    own (so its jobs are unclaimed: replies go to every registered OSC port); knobs,
     clock and transport go to its jam controller. Errors are logged, never raised: a wrong knob
     must not take the MIDI thread down.
     """
@@ -232,7 +235,7 @@ class MidiActions:
             self._feed_clock(clock, action)
         if isinstance(action, FirePreset):
             request = self.app.bridge.preset_request(action.bank, action.preset, action.options)
-            self.app.jobs.submit(request, kind=JobKind.PRESET)
+            self.app.jobs.submit(request, kind=JobKind.PRESET, frontend=MIDI)
         elif isinstance(action, SetParam) and action.name in names("jam") and jam.running:
             jam.set({action.name: action.value})
         elif isinstance(action, SetTempo) and jam.running:
@@ -250,7 +253,7 @@ class MidiActions:
             if clock is not None and clock.attached:  # the jam keeps the song's bars: MIDI clock sets the tempo
                 fields = {k: v for k, v in fields.items() if k != "bpm"} | {"sync": "midi"}
             request = self.app.bridge.make_request("jam", preset.prompt, None, None, fields)
-            self.app.jobs.submit(request, kind=JobKind.JAM)
+            self.app.jobs.submit(request, kind=JobKind.JAM, frontend=MIDI)
 
     @staticmethod
     def _feed_clock(clock: Any, action: Action) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bridge.app.job_events import OSC, JobEvents
 from bridge.app.jobs import Job, JobKind, JobQueue
 from bridge.errors import BadArgs, BridgeError, NotFound
 from bridge.frontends.osc.fail import FAIL, fail_args
@@ -82,6 +83,9 @@ class Services(Protocol):
 
     @property
     def jobs(self) -> JobQueue: ...
+
+    @property
+    def events(self) -> JobEvents: ...
 
     @property
     def output(self) -> Output: ...
@@ -157,8 +161,7 @@ class Context:
     """Send a message back to the sender (the server decides where that is; safe from any thread)."""
     peers: Peers
     origin: Any = None
-    describe: Callable[[Any], Any] | None = None
-    """The requester as plain data, kept in the job journal so replies find it after a restart."""
+    """The sender, as the server's replies understand it: the origin of the jobs this message submits."""
     clips: ClipRoots = ClipRoots()
     """Where the client may read clips from (``serve --allow-dir``)."""
 
@@ -178,8 +181,7 @@ class Context:
         clip = getattr(request, "clip", None)
         if isinstance(clip, str) and self.clips.roots is not None:
             self.clips.check(clip, "clip")  # a preset's own clip too
-        reply = self.describe(self.origin) if self.describe is not None else None
-        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin, reply=reply)
+        return self.jobs.submit(request, job_id=job_id, kind=kind, origin=self.origin, frontend=OSC)
 
     def fail(self, error: BridgeError, job_id: str = "") -> None:
         """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""

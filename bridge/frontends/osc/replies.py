@@ -1,9 +1,11 @@
 """Where the daemon's replies go: the peers a request came from, TCP connections' output, the
-registered reply ports of each host, and the job listener that turns job events into replies.
+registered reply ports of each host, and the OSC front end's job listener that turns job events
+into replies.
 
 A UDP request is answered at its host's reply port and every port that host registered with
 ``/musicgen/notify``; a TCP request on its own connection while it is open (then as UDP). A job
-with no OSC origin (MIDI, the CLI) is announced to every registered port and the default target.
+no front end claims (a preset fired from MIDI) has no OSC origin: it is announced to every
+registered port and the default target.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def fit_reply(address: str, args: Sequence[Any], limit: int = MAX_REPLY) -> tupl
 
 
 class ReplyRouter:
-    """Where replies go, and the job listener that turns job events into replies."""
+    """Where replies go, and the OSC front end's job listener that turns job events into replies."""
 
     def __init__(self, reply_port: int, default_host: str, stats: Stats) -> None:
         self.reply_port = reply_port
@@ -261,9 +263,9 @@ class ReplyRouter:
                 out += [(host, p) for p in ports]
             return list(dict.fromkeys(out))
 
-    # requesters as plain data, for the job journal
+    # requesters as plain data, for the job journal (the OSC subscription's describe and restore)
     def describe(self, origin: Any) -> dict[str, Any] | None:
-        """Where replies to ``origin`` go, as JSON-able data (None: everyone, a job from MIDI or the CLI)."""
+        """Where replies to ``origin`` go, as JSON-able data (None: everyone, a job with no OSC origin)."""
         if isinstance(origin, TcpPeer):
             host, transport = origin.conn.host, "tcp"
         elif isinstance(origin, (UdpPeer, StoredPeer)):

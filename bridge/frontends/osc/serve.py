@@ -133,9 +133,8 @@ def run_serve(args: argparse.Namespace) -> int:
     sys.stderr.write(f"loading {config.model} ...\n")
     app = App.build(config, journal=True)
     server = OscServer(app, config)
-    server.bind()
-    if app.recovery is not None:  # before new requests: the interrupted jobs keep their place
-        server.restore(app.recovery, fresh=args.fresh)
+    server.bind()  # the restored jobs' replies need the socket
+    app.restore(fresh=args.fresh)  # before new requests: the interrupted jobs keep their place
     server.start()
     midi = _open_midi(args, app) if getattr(args, "midi", None) is not None else None
     info = app.bridge.info()

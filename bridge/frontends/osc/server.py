@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from bridge.app.job_events import OSC
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized, UnknownAddress
 from bridge.frontends.osc.context import ClipRoots, Context, Services
 from bridge.frontends.osc.fail import FAIL, fail_args
@@ -81,11 +82,12 @@ def is_loopback(host: str) -> bool:
 
 
 class OscServer:
-    """The OSC daemon: UDP and TCP on one port, replies, and the job queue's listener.
+    """The OSC daemon: UDP and TCP on one port, replies, and the OSC front end's job events.
 
     It serves an application built by the composition root (``app``: the facade, the one job
-    queue, the output device, the jam; :class:`bridge.app.root.App`) and listens to that queue,
-    turning its events into replies. ``start()`` runs the loop in a thread (tests, the CLI);
+    queue, the output device, the jam; :class:`bridge.app.root.App`) and subscribes to its job
+    events as the ``osc`` front end: its own jobs' events, and those of jobs no front end claims
+    (MIDI's), become replies. ``start()`` runs the loop in a thread (tests, the CLI);
     ``serve_forever()`` in the caller's. ``stop()`` closes the queue, so the running and queued
     jobs are cancelled and each reported while the sockets are still open, then closes the sockets.
     A port of 0 picks a free one; ``port`` tells which.
@@ -120,7 +122,6 @@ class OscServer:
         default_host = self.host if is_loopback(self.host) else "127.0.0.1"
         self.router = ReplyRouter(config.reply_port, default_host, self.stats)
         self.jobs = app.jobs
-        self.jobs.listener = self.router
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -133,6 +134,8 @@ class OscServer:
         self._thread: threading.Thread | None = None
         self._bound = False
         self._serving = False
+        self.subscription = app.events.subscribe(OSC, self.router, unclaimed=True, describe=self.router.describe,
+                                                  restore=self.router.origin_from)
 
     # -- life -------------------------------------------------------------------------------
     @property
@@ -210,11 +213,6 @@ class OscServer:
         self._thread = threading.Thread(target=self._loop, name="musicgen-osc", daemon=True)
         self._thread.start()
 
-    def restore(self, recovery: Any, *, fresh: bool = False) -> None:
-        """Queue the jobs the journal held unfinished (a crash), answering their requesters as before."""
-        self.bind()  # the replies need the socket
-        self.jobs.restore(recovery.unfinished, recovery.ended, self.router.origin_from, fresh=fresh)
-
     def serve_forever(self) -> None:
         """Bind, start the job worker, and serve in this thread until :meth:`stop`."""
         self.bind()
@@ -224,6 +222,7 @@ class OscServer:
     def stop(self, timeout: float = 30.0) -> None:
         """Cancel and report every job, then close the sockets. Safe to call twice."""
         self.jobs.close(timeout)
+        self.subscription.close()
         self._stop.set()
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -429,7 +428,7 @@ class OscServer:
                 raise UnknownAddress(f"no address {safe_repr(address)}{self.routes.suggest(address[:MAX_ECHO])}: "
                                      "/musicgen/api/list lists them")
             ctx = Context(address=address, app=self.app, routes=self.routes, reply=replies.send,
-                          peers=self._peers(origin), origin=origin, describe=self.router.describe, clips=self.clips)
+                          peers=self._peers(origin), origin=origin, clips=self.clips)
             route.call(ctx, args)
         except BridgeError as exc:
             host = self._peers(origin).host
