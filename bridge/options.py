@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,6 +38,7 @@ MAX_SECONDS = 600.0
 MAX_VARIATIONS = 8
 MAX_BARS = 512
 MAX_CANDIDATES = 8
+SEED_BITS = 31  # a seed the bridge picks fits a 32-bit OSC int
 
 #: where an option may be given, and how to say it in an error message
 SCOPES: Mapping[str, str] = MappingProxyType({
@@ -256,6 +258,11 @@ def jam_default(name: str) -> Any:
     return OPTIONS[name].jam_value
 
 
+def pick_seed(seed: int | None = None) -> int:
+    """``seed``, or a fresh random one when it is None: the one place a seed is left to chance."""
+    return seed if seed is not None else secrets.randbits(SEED_BITS)
+
+
 def closest(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean X?)' hint, or '' when nothing is close."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
@@ -303,6 +310,35 @@ def jam_fields(values: Any, groups: Iterable[str] | None = None) -> dict[str, An
     return fields
 
 
+def check_fields(cls: type, scopes: Iterable[str], others: Iterable[str], *, jam: bool = False) -> None:
+    """Check at import that dataclass ``cls`` restates the table: TypeError naming each field that differs.
+
+    ``cls`` must have a field for every option that may be given in one of ``scopes`` and, beside
+    ``others``, no other field; each with the table's default (its ``jam_value`` when ``jam``), its
+    type, and ``| None`` exactly when that default is None. So an option added to the table without
+    its field (or a field left without its option) stops the bridge at import, not in a user's job.
+    """
+    given, skipped = frozenset(scopes), frozenset(others)
+    wanted = {spec.name: spec for spec in _TABLE if spec.scopes & given}
+    have = {f.name: f for f in dataclasses.fields(cls) if f.name not in skipped}
+    problems = [f"no field for the option {name!r}" for name in wanted if name not in have]
+    problems += [f"a field {name!r} that is not an option given {' or '.join(SCOPES[s] for s in SCOPES if s in given)}"
+                 for name in have if name not in wanted]
+    for name in (n for n in wanted if n in have):
+        spec, found = wanted[name], have[name]
+        expected = spec.jam_value if jam else spec.default
+        if found.default != expected:
+            problems.append(f"{name!r} defaults to {found.default!r}, the table to {expected!r}")
+        text = found.type if isinstance(found.type, str) else getattr(found.type, "__name__", str(found.type))
+        parts = [part.strip() for part in text.split("|")]
+        if parts[0] != spec.kind.__name__ or ("None" in parts) != (expected is None):
+            optional = " | None" if expected is None else ""
+            problems.append(f"{name!r} is typed {text}, the table says {spec.kind.__name__}{optional}")
+    if problems:
+        raise TypeError(f"{cls.__name__} does not match the option table (bridge.options.OPTIONS): "
+                        + "; ".join(problems))
+
+
 def _plain(value: Any) -> str:
     if value is None:
         return "unset"
@@ -329,7 +365,8 @@ def markdown() -> str:
 class Request:
     """One generation job as the engine sees it, after the business rules are applied.
 
-    The option fields are the ``job`` options of :data:`OPTIONS` (plus ``seconds``), their defaults the table's.
+    The option fields are the options of :data:`REQUEST_SCOPES`, their defaults the table's
+    (:func:`check_fields` holds them to it at import). Build one with ``bridge.app.requests``.
     """
 
     mode: Mode = "text"
@@ -415,6 +452,9 @@ class Request:
 
 
 _KEY = re.compile(r"[A-Ga-g][#b]?( [A-Za-z0-9#. -]{1,30})?")
+#: the scopes a Request is made from: every option but those only a running jam takes
+REQUEST_SCOPES = ("job", "cli", "preset", "midi")
+check_fields(Request, REQUEST_SCOPES, ("mode", "prompt", "clip", "clip_after", "extra"))
 _REQUEST_OPTIONS = frozenset(f.name for f in dataclasses.fields(Request)) & frozenset(OPTIONS)
 
 

@@ -72,6 +72,7 @@ import threading as _threading  # noqa: E402
 import time as _time  # noqa: E402
 
 from bridge import tempo as _tempo  # noqa: E402
+from bridge.app.requests import build_request as _build_request  # noqa: E402
 from bridge.app.results import Chunk as _Chunk  # noqa: E402
 from bridge.app.results import JobResult as _JobResult  # noqa: E402
 from bridge.audio import read_clip as _read_clip  # noqa: E402
@@ -111,8 +112,8 @@ class FakeBridge:
                 "sample_rate": self.sample_rate}
 
     def make_request(self, mode, prompt, seconds, clip, options, clip_after=None) -> _Request:
-        return _Request(mode=mode, prompt=prompt, seconds=seconds or None, clip=clip or None,
-                        clip_after=clip_after or None).with_options(options).validate()
+        return _build_request(mode, prompt, options, seconds=seconds or None, clip=clip or None,
+                              clip_after=clip_after or None)
 
     def preset_request(self, bank, preset, options) -> _Request:
         if (bank, preset) != ("demo", "keys"):

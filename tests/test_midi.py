@@ -16,6 +16,7 @@ import pytest
 
 from bridge.app.jobs import JobEvents, JobKind, JobQueue
 from bridge.app.presets import PresetLibrary
+from bridge.app.requests import build_request
 from bridge.app.results import JobResult
 from bridge.errors import BadArgs
 from bridge.frontends.midi import (
@@ -28,7 +29,6 @@ from bridge.frontends.midi import (
     SwitchBank,
     Transport,
 )
-from bridge.options import Request
 
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 JACK_MIDI = "mido.backends.rtmidi/UNIX_JACK"
@@ -151,7 +151,7 @@ class FakeBridge:
         return self.library.request(bank, preset, options)
 
     def make_request(self, mode, prompt, seconds, clip, options):
-        return Request(mode=mode, prompt=prompt, seconds=seconds, clip=clip).with_options(options).validate()
+        return build_request(mode, prompt, options, seconds=seconds, clip=clip)
 
     def run(self, job_id, request, progress, is_cancelled, on_chunk=None, on_warning=None):
         return JobResult(paths=[Path(f"/tmp/{job_id}.wav")], seconds=1.0, sample_rate=8000)

@@ -1,7 +1,8 @@
 """The facade with the business rules: what a request may be, and running one job on the services.
 
-Front ends build requests here (:meth:`Bridge.make_request`, :meth:`Bridge.preset_request`) and the
-job queue's worker runs them (:meth:`Bridge.run`). The work itself is done by small services, each
+Front ends ask for requests here (:meth:`Bridge.make_request`, :meth:`Bridge.preset_request`: built by
+:mod:`bridge.app.requests`, then held to the rules that need the running bridge) and the job queue's
+worker runs them (:meth:`Bridge.run`). The work itself is done by small services, each
 one idea: planning (``planning``: sample-exact layouts), rendering (``rendering``: the engine's
 codes to finished audio), the result store (``store``: names, atomic files, sidecars), the output
 device (``output``) and the jam (``jam``). ``bridge.app.root`` builds them once.
@@ -9,7 +10,6 @@ device (``output``) and the jam (``jam``). ``bridge.app.root`` builds them once.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +23,7 @@ from bridge.app.link import LinkSession
 from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.rendering import ChunkWriter, Renderer
+from bridge.app.requests import build_request
 from bridge.app.results import Chunk, JobResult
 from bridge.app.storage import check_output_folder, estimate_bytes
 from bridge.app.store import ResultStore
@@ -30,7 +31,7 @@ from bridge.compute import plan_compute
 from bridge.config import Config
 from bridge.engine import Engine
 from bridge.errors import BadArgs, Cancelled, NoAudioDevice, NotFound
-from bridge.options import Request
+from bridge.options import Request, pick_seed
 
 PLAY_ZERO = "send it again with play 0 to get the file without playing it"
 
@@ -101,10 +102,11 @@ class Bridge:
     # -- requests ---------------------------------------------------------------------------
     def make_request(self, mode: str, prompt: str, seconds: float | None, clip: str | None,
                      options: Mapping[str, Any], clip_after: str | None = None) -> Request:
-        """A validated Request from a front end's arguments and typed options (``clip_after``: a fill's second clip)."""
-        base = Request(mode=mode, prompt=prompt, seconds=seconds if seconds else None, clip=clip or None,  # type: ignore[arg-type]
-                       clip_after=clip_after or None)
-        return self.check(base.with_options(options).validate())
+        """A validated Request from a front end's arguments and typed options (``clip_after``: a fill's second clip).
+
+        A length of 0 and an empty clip mean none (OSC sends 0 when bpm and bars give the length)."""
+        return self.check(build_request(mode, prompt, options, seconds=seconds or None, clip=clip or None,
+                                        clip_after=clip_after or None))
 
     def check(self, request: Request) -> Request:
         """The rules that need the running bridge: the file name, streaming's limits, a melody model, and
@@ -161,7 +163,7 @@ class Bridge:
                 if request.clip else None)
         after = audio.read_clip(request.clip_after) if request.clip_after and request.mode == "infill" else None
         self._check_room(request, plan, clip, after)
-        seed = request.seed if request.seed is not None else secrets.randbits(31)
+        seed = pick_seed(request.seed)  # a journaled job has its seed already (Journal.accept)
         stem = self.store.stem(job_id, request)
         stop_if_cancelled(is_cancelled)
         details = None

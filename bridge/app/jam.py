@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -41,7 +40,7 @@ from bridge.audio import StreamResampler
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
 from bridge.errors import BadArgs, Busy, Cancelled, NoAudioDevice, NotFound
-from bridge.options import Request, jam_fields
+from bridge.options import Request, jam_fields, pick_seed
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +209,8 @@ class JamController:
         Blocks: the worker that owns the engine calls it."""
         clock = self._clock_for(request.sync, is_cancelled)
         fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
-        settings = JamSettings(prompt=request.prompt, **{"seed": secrets.randbits(31), **fields}).check()
+        fields["seed"] = pick_seed(request.seed)  # picked here, not by the Jam: the take reports it
+        settings = JamSettings(prompt=request.prompt, **fields).check()
         with self._lock:
             if self._jam is not None:
                 raise Busy(f"a jam is already running (job {self._job_id}): stop it first")

@@ -42,6 +42,7 @@ daemons never write one journal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -70,16 +71,15 @@ from bridge.app.journal_records import (
     readable_requester,
     request_from_record,
     request_to_record,
-    resolve_seed,
     salvage,
     well_formed,
 )
 from bridge.app.storage import storage_error
 from bridge.errors import BadArgs, Internal, StorageError
-from bridge.options import Request
+from bridge.options import Request, pick_seed
 
 __all__ = ["FORMAT", "MAX_ATTEMPTS", "VERSION", "Journal", "JournalEntry", "Recovery", "default_state_folder",
-           "request_from_record", "request_to_record", "resolve_seed"]
+           "request_from_record", "request_to_record"]
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Journal:
         """
         if not job_id:
             raise BadArgs("a journaled job needs its id: pick it before accept()")
-        request = resolve_seed(request)
+        request = dataclasses.replace(request, seed=pick_seed(request.seed))
         record = {"type": "accepted", "id": job_id, "kind": kind, "request": request_to_record(request),
                   "seed": request.seed, "reply": reply,
                   "submitted": self.clock() if submitted is None else float(submitted)}

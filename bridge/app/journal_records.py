@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridge.app.requests import build_request
 from bridge.errors import BadArgs, BridgeError
 from bridge.options import Request, convert_option, names
 
@@ -28,13 +28,6 @@ ENDED_STATES = ("done", "failed", "cancelled")
 MAX_ATTEMPTS = 2
 """Starts a job may have had: one running when the daemon died this often is failed, not run again."""
 DAMAGED = "the job journal was damaged, so this job's record could not be read"
-
-
-def resolve_seed(request: Request) -> Request:
-    """``request`` with a seed: its own, or a fresh random one (31 bits, as the engine picks)."""
-    if request.seed is not None:
-        return request
-    return dataclasses.replace(request, seed=secrets.randbits(31))
 
 
 def request_to_record(request: Request) -> dict[str, Any]:
@@ -76,9 +69,8 @@ def request_from_record(data: Any) -> Request:
     clip_after = data.get("clip_after")
     if not (clip_after is None or isinstance(clip_after, str)):
         raise BadArgs("the journal's request has a second clip that is not text")
-    base = Request(mode=mode, prompt=prompt, seconds=None if seconds is None else float(seconds),  # type: ignore[arg-type]
-                   clip=clip, clip_after=clip_after, extra=dict(extra))
-    return base.with_options(options).validate()
+    return build_request(mode, prompt, options, seconds=None if seconds is None else float(seconds), clip=clip,
+                         clip_after=clip_after, extra=extra)
 
 
 @dataclass(frozen=True)

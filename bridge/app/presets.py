@@ -26,7 +26,6 @@ or a MIDI entry naming a missing preset is reported as ``file:line: what is wron
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from bridge.app.requests import build_request
 from bridge.errors import BadArgs, NotFound
 from bridge.options import MODES, OPTIONS, SCOPES, Request, closest, convert_option, names
 
@@ -274,11 +274,11 @@ def _check_cc_end(where: _Where, spec: Mapping[Any, Any], end: str, mapping: CcM
     """A knob at either end must still make a valid request, or the controller could break every preset."""
     value = mapping.value(0 if end == "min" else 127)
     if mapping.param == "seconds":
-        probe = Request(prompt="probe").with_options({k: v for k, v in defaults.options.items() if k not in ("bars", "bpm")})
+        options = {k: v for k, v in defaults.options.items() if k not in ("bars", "bpm")}
     else:
-        probe = Request(prompt="probe", bpm=120.0, bars=1).with_options(defaults.options)
+        options = {"bpm": 120.0, "bars": 1, **defaults.options}
     try:
-        probe.with_options({mapping.param: value}).validate()
+        build_request("text", "probe", options | {mapping.param: value})
     except BadArgs as exc:
         raise BadArgs(f"{where(spec, end)} cc {mapping.param} {end} {value:g} is out of range: {exc.message}") from None
 
@@ -350,11 +350,9 @@ def _build(bank: PresetBank, preset: Preset, overrides: Mapping[str, Any], place
     clip = values.pop("clip", None)
     if clip is None and placeholder_clip and mode in ("continue", "melody"):
         clip = "(the clip is given with the request)"
-    request = Request(mode=mode, prompt=str(values.pop("prompt", "")),  # type: ignore[arg-type]  # checked below
-                      seconds=values.pop("seconds", None), clip=clip).with_options(values)
-    request = dataclasses.replace(request, extra={"preset": f"{bank.name}/{preset.name}",
-                                                  **({"model": model} if model else {})})
-    return request.validate()
+    prompt, seconds = str(values.pop("prompt", "")), values.pop("seconds", None)
+    return build_request(mode, prompt, values, seconds=seconds, clip=clip,
+                         extra={"preset": f"{bank.name}/{preset.name}", **({"model": model} if model else {})})
 
 
 class PresetLibrary:

@@ -16,7 +16,6 @@ checkpoints also on a prompt change: their text is part of the sequence). No thr
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from bridge.engine.engine import Engine
 from bridge.engine.glide import Glide
 from bridge.engine.streaming import DEFAULT_LEFT_CONTEXT, DEFAULT_LOOKAHEAD
 from bridge.errors import BadArgs
-from bridge.options import OPTIONS, closest, convert_option, jam_default, names
+from bridge.options import OPTIONS, check_fields, closest, convert_option, jam_default, names, pick_seed
 
 MAX_SEGMENT_SECONDS = 20.0
 
@@ -41,7 +40,8 @@ MAX_SEGMENT_SECONDS = 20.0
 class JamSettings:
     """What the next segment is generated with; ``Jam.set`` swaps it for a changed copy.
 
-    The prompt and the ``jam`` options of :data:`bridge.options.OPTIONS`, with the table's jam defaults.
+    The prompt and the ``jam`` options of :data:`bridge.options.OPTIONS`, with the table's jam defaults
+    (``check_fields`` holds them to it at import).
     """
 
     prompt: str = ""
@@ -71,6 +71,7 @@ class JamSettings:
         return self
 
 
+check_fields(JamSettings, ("jam",), ("prompt",), jam=True)
 _SETTABLE = {f.name for f in dataclasses.fields(JamSettings)}
 
 
@@ -91,7 +92,7 @@ class Jam:
     def __init__(self, engine: Engine, settings: JamSettings) -> None:
         self.engine = engine
         if settings.seed is None:
-            settings = dataclasses.replace(settings, seed=secrets.randbits(31))
+            settings = dataclasses.replace(settings, seed=pick_seed())
         self._settings = settings.check()
         self._pending: JamSettings | None = None
         self._lock = threading.Lock()

@@ -151,9 +151,9 @@ def _options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_one_shot(args: argparse.Namespace) -> int:
     from bridge.app.jobs import JobKind  # noqa: PLC0415
+    from bridge.app.requests import build_request  # noqa: PLC0415
     from bridge.app.root import App  # noqa: PLC0415  (imports torch: keep --help fast)
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
-    from bridge.options import Request  # noqa: PLC0415
 
     mode = {"generate": "text", "continue": "continue", "melody": "melody", "loop": "loop",
             "infill": "infill"}[args.command]
@@ -162,9 +162,8 @@ def _run_one_shot(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     after = getattr(args, "after", None)
     # Check the arguments before spending seconds on loading the model.
-    Request(mode=mode, prompt=args.prompt, seconds=args.seconds,  # type: ignore[arg-type]
-            clip=getattr(args, "clip", None), clip_after=after).with_options(
-        _options_from_args(args)).validate()
+    build_request(mode, args.prompt, _options_from_args(args), seconds=args.seconds, clip=getattr(args, "clip", None),
+                  clip_after=after)
     for path in (getattr(args, "clip", None), after):
         if path:
             from bridge.audio import probe_clip  # noqa: PLC0415
