@@ -141,7 +141,8 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
                                                                       "seed": 5})
         bar_seconds = 4 * 60.0 / first_bpm
         request = dataclasses.replace(request, seconds=bars * bar_seconds - 1e-6, extra={"record": str(record)})
-        result = app.bridge.jam.run("sync", request, lambda: False, on_chunk=on_chunk, on_warning=warnings.append)
+        result = app.jam.run(app.bridge.engine, "sync", request, lambda: False, on_chunk=on_chunk,
+                             on_warning=warnings.append)
         player = app.output.player()
         take = result.take
         report = _analyse(take, chunks, seen, warnings, record, player.clock_line, player.callback_times,

@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from bridge.app import planning
 from bridge.app.bridge import Bridge
 from bridge.app.loops import LOOP_BRIDGE_SECONDS
 from bridge.config import Config
@@ -100,7 +101,7 @@ def main() -> int:
         scores = details["candidates"]
         # the plain generation's raw decode (what it is before its ends are faded), same length
         request = bridge.make_request("text", args.prompt, None, None, {**length, "seed": seed})
-        plan = bridge.plan(request, None)
+        plan = planning.plan(request, None, engine)
         sampling = Sampling(temperature=request.temperature, top_k=request.top_k, guidance=request.guidance)
         codes = engine.generate_codes(GenerationSpec(prompt=plan.text, frames=plan.frames, sampling=sampling,
                                                      seed=seed))

@@ -13,8 +13,8 @@ BridgeError                 base; ``code`` is the word sent in ``/musicgen/fail`
   UnknownAddress unknown_address an OSC address the bridge has no route for (the reply suggests the closest)
   Internal       internal        a bug: the message says where to report it
 
-Every message tells the user what to do next. Front ends turn these into replies in one place
-(the OSC server, the CLI's main); nothing else catches them. The command line exits with
+One class per code (:data:`ERRORS`). Every message tells the user what to do next. Front ends turn
+these into replies in one place (the OSC server, the CLI's main); nothing else catches them. The command line exits with
 :func:`exit_code` of the error's code (``musicgen-bridge send --wait`` too, for a ``/musicgen/fail``).
 """
 
@@ -80,11 +80,11 @@ class Internal(BridgeError):
     code = "internal"
 
 
-ALL_CODES = tuple(
-    cls.code
-    for cls in (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized, NoAudioDevice, StorageError,
-                UnknownAddress, Internal)
-)
+ERRORS: tuple[type[BridgeError], ...] = (BadArgs, NotFound, BadAudio, Busy, Cancelled, ModelError, Unauthorized,
+                                          NoAudioDevice, StorageError, UnknownAddress, Internal)
+"""One class per wire code."""
+
+ALL_CODES = tuple(cls.code for cls in ERRORS)
 
 EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_error": 6, "unauthorized": 7,
               "no_audio_device": 8, "storage": 9, "unknown_address": 10, "cancelled": 130, "internal": 1}
@@ -94,3 +94,12 @@ EXIT_CODES = {"bad_args": 2, "not_found": 3, "bad_audio": 4, "busy": 5, "model_e
 def exit_code(code: str) -> int:
     """The exit status for a wire code; 1 for one this version does not know."""
     return EXIT_CODES.get(code, 1)
+
+
+def error_for(code: str, message: str) -> BridgeError:
+    """The error of wire code ``code`` (as a job journal recorded it) with ``message``; Internal for a code
+    this version does not know."""
+    for cls in ERRORS:
+        if cls.code == code:
+            return cls(message)
+    return Internal(message)

@@ -163,6 +163,19 @@ class FakeBridge:
         return _JobResult(paths=paths, seconds=samples / self.sample_rate, sample_rate=self.sample_rate)
 
 
+def stand_in_app(config: Config, runner, *, journal=None):
+    """An App around a stand-in facade (a :class:`FakeBridge`, a runner), with real parts of its own: an
+    output device, a result store in the config's output folder and an idle jam controller."""
+    from bridge.app.jam import JamController
+    from bridge.app.output import OutputDevice
+    from bridge.app.root import App
+    from bridge.app.store import ResultStore
+
+    output = OutputDevice(config.audio_device)
+    jam = JamController(output, ResultStore(config.resolved_output_dir()))
+    return App.assemble(config, runner, output=output, jam=jam, journal=journal)
+
+
 class OscClient:
     """A UDP OSC peer on 127.0.0.1 that keeps what it receives and waits for what a test expects."""
 
@@ -300,7 +313,10 @@ def osc_server(fake_bridge, tmp_path):
         client = OscClient()
         config = Config(model="fake-model", host=host, port=0, reply_port=client.port, output_dir=tmp_path / "out",
                         token=token, queue_size=queue_size)
-        app = App.around(config, bridge if bridge is not None else fake_bridge)
+        if isinstance(bridge, Bridge):
+            app = App.around(config, bridge)
+        else:
+            app = stand_in_app(config, bridge if bridge is not None else fake_bridge)
         server = OscServer(app, config, **server_kwargs)
         server.start()
         client.server_port = server.port

@@ -10,13 +10,24 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bridge import errors
 from bridge.app.bridge import Bridge
 from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
 from bridge.app.rendering import is_out_of_memory
 from bridge.app.root import App, load_presets
 from bridge.config import Config
-from bridge.errors import ALL_CODES, EXIT_CODES, BadArgs, ModelError, exit_code
+from bridge.errors import (
+    ALL_CODES,
+    ERRORS,
+    EXIT_CODES,
+    BadArgs,
+    BridgeError,
+    Internal,
+    ModelError,
+    error_for,
+    exit_code,
+)
 
 # -- the output device has one owner: a jam and a file never share it --------------------------------
 
@@ -188,3 +199,13 @@ def test_exit_codes_live_with_the_errors():
     assert set(EXIT_CODES) == set(ALL_CODES)  # every wire code has its exit status
     assert (exit_code("bad_args"), exit_code("no_audio_device"), exit_code("cancelled")) == (2, 8, 130)
     assert exit_code("a code from a newer bridge") == 1
+
+
+def test_one_error_class_per_wire_code():
+    classes = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, BridgeError)]
+    assert set(ERRORS) == set(classes) - {BridgeError}  # every error of the tree is in the table
+    assert len(set(ALL_CODES)) == len(ALL_CODES) == len(ERRORS)
+    for cls in ERRORS:  # a journal's code comes back as its own class, message kept
+        error = error_for(cls.code, "told")
+        assert type(error) is cls and (error.code, error.message) == (cls.code, "told")
+    assert type(error_for("a code from a newer bridge", "m")) is Internal

@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import stand_in_app
 
 from bridge import compute
 from bridge.app.jobs import JobQueue
 from bridge.app.results import JobResult
-from bridge.app.root import App
 from bridge.config import Config, load_config
 from bridge.errors import BadArgs
 from bridge.options import Request
@@ -153,7 +153,7 @@ class _Runner:
                                                     ("normal", (0, "SCHED_OTHER"))])
 def test_the_daemon_runs_its_jobs_on_a_worker_at_the_configured_priority(tmp_path, priority, expected):
     runner = _Runner()
-    app = App.around(Config(output_dir=tmp_path, priority=priority), runner)
+    app = stand_in_app(Config(output_dir=tmp_path, priority=priority), runner)
     try:
         job = app.jobs.submit(Request(mode="text", prompt="x", seconds=1.0))
         assert app.jobs.wait(job, timeout=60)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import OscClient
+from conftest import OscClient, stand_in_app
 from tiny_frontend import NAME, TinyFrontEnd
 
 from bridge.app.job_events import OSC, JobEvents
 from bridge.app.jobs import Job, JobKind
 from bridge.app.journal import Journal
-from bridge.app.root import App
 from bridge.config import Config
 from bridge.errors import Internal
 from bridge.frontends.midi import MIDI
@@ -38,7 +37,7 @@ def both(fake_bridge, tmp_path):
     def make(journal=None, recovery=None):
         client = OscClient()
         config = Config(model="fake-model", port=0, reply_port=client.port, output_dir=tmp_path / "out")
-        app = App.around(config, fake_bridge, journal=journal)
+        app = stand_in_app(config, fake_bridge, journal=journal)
         app.recovery = recovery
         server = OscServer(app, config)
         tiny = TinyFrontEnd(app)  # the whole wiring of a new front end

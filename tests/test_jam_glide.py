@@ -93,7 +93,7 @@ def test_a_preset_glides_in_when_glide_bars_comes_with_it(tiny_engine, tmp_path)
     from bridge.app.store import ResultStore
 
     library = PresetLibrary.load(Path(__file__).resolve().parent.parent / "presets")
-    controller = JamController(tiny_engine, OutputDevice(), ResultStore(tmp_path), library)
+    controller = JamController(OutputDevice(), ResultStore(tmp_path), library)
     jam = _jam(tiny_engine)
     controller._jam = jam  # as while a jam runs (the worker's run() sets it)
     jam.next_segment()

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import threading
 
-from conftest import OscClient
+from conftest import OscClient, stand_in_app
 
 from bridge.app import journal as journal_module
 from bridge.app.journal import Journal
-from bridge.app.root import App
 from bridge.config import Config
 from bridge.frontends.osc.server import OscServer
 
@@ -40,7 +39,7 @@ def test_a_slow_fsync_does_not_stall_other_clients_and_queued_waits_for_it(fake_
     journal.open()
     requester, other = OscClient(), OscClient()
     config = Config(model="fake-model", port=0, reply_port=requester.port, output_dir=tmp_path / "out")
-    app = App.around(config, fake_bridge, journal=journal)
+    app = stand_in_app(config, fake_bridge, journal=journal)
     server = OscServer(app, config)
     server.start()
     requester.server_port = other.server_port = server.port
@@ -78,7 +77,7 @@ def test_a_disk_that_refuses_the_journal_ends_the_job_with_fail_storage(fake_bri
     monkeypatch.setattr(journal_module, "_fsync", refuse)
     client = OscClient()
     config = Config(model="fake-model", port=0, reply_port=client.port, output_dir=tmp_path / "out")
-    server = OscServer(App.around(config, fake_bridge, journal=journal), config)
+    server = OscServer(stand_in_app(config, fake_bridge, journal=journal), config)
     server.start()
     client.server_port = server.port
     try:

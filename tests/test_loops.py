@@ -11,7 +11,7 @@ import torch
 
 from bridge import tempo
 from bridge.app.loops import mend_seams
-from bridge.engine.decoding import Sampling, guided_logits
+from bridge.engine.decoding import ReferenceStepper, Sampling, guided_logits
 from bridge.engine.loops import circular_decode, head_frames, head_needed, sample_bridges
 from bridge.errors import BadArgs, BadAudio
 
@@ -92,7 +92,7 @@ def test_the_bridge_score_is_the_teacher_forced_likelihood_of_what_follows(tiny_
     for i in range(3):
         codes = torch.cat([context, choice.bridges[i : i + 1], head], dim=-1)
         seq = _delayed(codes, delays, loop.pad)
-        step = loop.stepper(cond, 2, seq.shape[-1], reference=True)  # transformers' own decoder
+        step = ReferenceStepper(eng.model.decoder, cond, loop.num_codebooks)  # transformers' own decoder
         start = 12 + 6
         total, count = 0.0, 0
         first = start + 1

@@ -193,7 +193,8 @@ def fake_app(mapper):
     def make(jamming=False):
         events = JobEvents()
         events.subscribe("test", queued, unclaimed=True)  # MIDI's jobs are unclaimed: no front end listens for them
-        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, events), queued=queued)
+        return SimpleNamespace(bridge=bridge, jam=FakeJam(jamming), jobs=JobQueue(bridge, 8, events), queued=queued,
+                               midi_clock=None)
 
     apps = []
     yield lambda jamming=False: apps.append(make(jamming)) or apps[-1]

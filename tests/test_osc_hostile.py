@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import OscClient, TcpOscClient
+from conftest import OscClient, TcpOscClient, stand_in_app
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from bridge.app.root import App
 from bridge.config import Config, load_config
 from bridge.errors import BadArgs
 from bridge.frontends.cli import build_parser
@@ -47,7 +46,7 @@ def daemon(fake_bridge, tmp_path):
         client = OscClient()
         config = Config(model="fake-model", host=host, port=0, reply_port=client.port, output_dir=tmp_path / "out",
                         token=token, allow_dirs=allow_dirs)
-        server = OscServer(App.around(config, fake_bridge), config, **server_kwargs)
+        server = OscServer(stand_in_app(config, fake_bridge), config, **server_kwargs)
         server.start()
         client.server_port = server.port
         started.append((server, client))
@@ -226,7 +225,7 @@ def test_a_journal_requester_naming_the_bridges_own_port_is_not_sent_to(daemon):
 def test_a_reply_port_equal_to_the_bridges_port_is_refused(fake_bridge, tmp_path):
     config = Config(host="127.0.0.1", port=19876, reply_port=19876, output_dir=tmp_path)
     with pytest.raises(BadArgs, match="own port"):
-        OscServer(App.around(config, fake_bridge), config)
+        OscServer(stand_in_app(config, fake_bridge), config)
 
 
 # -- finding 5: amplification and reflection ---------------------------------------------------------

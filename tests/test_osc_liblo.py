@@ -99,13 +99,14 @@ def oscsend(*args: str) -> None:
 
 
 def test_oscsend_generate_over_udp_and_oscdump_reads_the_replies(fake_bridge, oscdump):
-    from bridge.app.root import App
+    from conftest import stand_in_app
+
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
     dump = oscdump()
     config = Config(host="127.0.0.1", port=0, reply_port=dump.port, output_dir=fake_bridge.output_dir)
-    server = OscServer(App.around(config, fake_bridge), config)
+    server = OscServer(stand_in_app(config, fake_bridge), config)
     server.start()
     try:
         oscsend("localhost", str(server.port), "/musicgen/ping")
@@ -126,14 +127,15 @@ def test_oscsend_generate_over_udp_and_oscdump_reads_the_replies(fake_bridge, os
 
 
 def test_oscsend_over_tcp_uses_length_prefix_framing(fake_bridge, oscdump):
-    from bridge.app.root import App
+    from conftest import stand_in_app
+
     from bridge.config import Config
     from bridge.frontends.osc.server import OscServer
 
     dump = oscdump()
     fake_bridge.gate.clear()  # the job waits until oscsend has hung up: its done falls back to UDP
     config = Config(host="127.0.0.1", port=0, reply_port=dump.port, output_dir=fake_bridge.output_dir)
-    server = OscServer(App.around(config, fake_bridge), config)
+    server = OscServer(stand_in_app(config, fake_bridge), config)
     server.start()
     try:
         oscsend(f"osc.tcp://localhost:{server.port}", "/musicgen/generate", "ssf", "tcp1", "keys", "0.5")

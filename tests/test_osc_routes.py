@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import stand_in_app
 
 from bridge.app.jobs import JobKind
-from bridge.app.root import App
 from bridge.config import Config
 from bridge.errors import BadArgs, NotFound
 from bridge.frontends.osc.routes import ADDRESS_OF, ID, NUMBER, PORT, TEXT, Context, RouteTable, arg, routes
@@ -25,7 +25,7 @@ class Peers:
 @pytest.fixture
 def call(fake_bridge):
     """call(address, *args) -> the replies the route sent, as (address, [args])."""
-    app = App.around(Config(queue_size=4, output_dir=fake_bridge.output_dir), fake_bridge)
+    app = stand_in_app(Config(queue_size=4, output_dir=fake_bridge.output_dir), fake_bridge)
     jobs = app.jobs
     peers = Peers()
     sent: list[tuple[str, list]] = []
@@ -106,7 +106,6 @@ def test_the_declaration_must_match_the_handler():
 
     with pytest.raises(ValueError, match="twice"):
         table.add("/musicgen/z", port=PORT)(z)
-    table.add("/musicgen/z", replace=True, port=PORT)(z)  # a later module may take an address over
 
 
 def test_usage_is_built_from_the_declaration():

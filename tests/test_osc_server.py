@@ -11,11 +11,10 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import OscClient, TcpOscClient
+from conftest import OscClient, TcpOscClient, stand_in_app
 
 from bridge import __version__
 from bridge.app.jobs import JobKind
-from bridge.app.root import App
 from bridge.config import Config
 from bridge.errors import ALL_CODES, BadArgs, exit_code
 from bridge.frontends.osc.server import OscServer
@@ -254,7 +253,7 @@ def test_a_non_loopback_bind_needs_a_token(fake_bridge, tmp_path):
 
     with pytest.raises(BadArgs, match="token"):
         config = Config(host="0.0.0.0", port=0, output_dir=tmp_path)
-        OscServer(App.around(config, fake_bridge), config)
+        OscServer(stand_in_app(config, fake_bridge), config)
 
 
 # -- malformed input ----------------------------------------------------------------------------------

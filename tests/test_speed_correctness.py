@@ -11,7 +11,7 @@ import torch
 
 from bridge.engine import Engine, GenerationSpec
 from bridge.engine.cuda_graphs import static_step
-from bridge.engine.decoding import Sampling, TokenLoop
+from bridge.engine.decoding import ReferenceStepper, Sampling, TokenLoop
 from bridge.engine.fast_decoder import FastDecoder, PackedLinear
 from bridge.engine.models import load_model, pick_dtype, pick_precision
 from bridge.errors import ModelError
@@ -37,6 +37,12 @@ def _teacher_forced_logits(engine: Engine, fast: FastDecoder, positions: int, se
     return torch.stack(out)
 
 
+def _reference_loop(engine: Engine) -> TokenLoop:
+    """The engine's token loop without its fast decoder: transformers' decoder module, step by step."""
+    loaded = engine.loaded
+    return TokenLoop(engine.model.decoder, loaded.num_codebooks, loaded.channels, loaded.pad_token_id)
+
+
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
@@ -44,7 +50,7 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_fast_and_reference_steppers_give_the_same_greedy_tokens(tiny_engine):
     loaded = tiny_engine.loaded
     cond = tiny_engine.condition("warm pads", 2, GREEDY, None)
-    ref = tiny_engine.loop.run(cond, 2, 80, GREEDY, None, reference=True)
+    ref = _reference_loop(tiny_engine).run(cond, 2, 80, GREEDY, None)
     fast = tiny_engine.loop.run(cond, 2, 80, GREEDY, None)
     assert fast.shape == (2, loaded.num_codebooks, 80)
     assert torch.equal(fast, ref)
@@ -57,8 +63,7 @@ def test_fast_and_reference_agree_with_a_prompt_and_sampling(tiny_engine):
     prompt = torch.randint(0, 2048, (1, loaded.num_codebooks, 30), generator=gen)
     sampling = Sampling(guidance=3.0, top_k=250)
     cond = tiny_engine.condition("keep going", 1, sampling, None)
-    ref = tiny_engine.loop.run(cond, 1, 70, sampling, torch.Generator().manual_seed(9), prompt=prompt,
-                               reference=True)
+    ref = _reference_loop(tiny_engine).run(cond, 1, 70, sampling, torch.Generator().manual_seed(9), prompt=prompt)
     fast = tiny_engine.loop.run(cond, 1, 70, sampling, torch.Generator().manual_seed(9), prompt=prompt)
     assert torch.equal(fast[:, :, :30], prompt)
     assert torch.equal(fast, ref)
@@ -71,8 +76,8 @@ def test_a_stream_continued_on_a_new_text_matches_transformers(tiny_engine):
     sampling = Sampling(guidance=3.0, top_k=50)
     first, second = (tiny_engine.condition(text, 1, sampling, None) for text in ("warm pads", "fast techno"))
     runs = []
-    for reference in (True, False):
-        stream = tiny_engine.loop.stream(first, 1, 120, guided=True, reference=reference)
+    for loop in (_reference_loop(tiny_engine), tiny_engine.loop):
+        stream = loop.stream(first, 1, 120, guided=True)
         gen = torch.Generator().manual_seed(2)
         stream.advance(30, sampling, gen)
         stream.set_conditioning(second)
@@ -189,8 +194,8 @@ def test_decoder_state_refuses_more_positions_than_it_holds(tiny_engine):
 
 
 def test_loop_without_fast_decoder_uses_the_reference(tiny_engine):
-    loaded = tiny_engine.loaded
-    loop = TokenLoop(tiny_engine.model.decoder, loaded.num_codebooks, loaded.channels, loaded.pad_token_id)
+    loop = _reference_loop(tiny_engine)
+    assert isinstance(loop.stepper(tiny_engine.condition("x", 2, GREEDY, None), 2, 8), ReferenceStepper)
     cond = tiny_engine.condition("x", 1, GREEDY, None)
     assert torch.equal(loop.run(cond, 1, 20, GREEDY, None), tiny_engine.loop.run(cond, 1, 20, GREEDY, None))
 

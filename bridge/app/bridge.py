@@ -67,7 +67,7 @@ class Bridge:
         self.renderer = Renderer(engine)
         self.link = link
         self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
-        self.jam = JamController(engine, self.output, self.store, presets, link=link, midi=self.midi_clock)
+        self.jam = JamController(self.output, self.store, presets, link=link, midi=self.midi_clock)
         self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
         self.loops = loops.LoopMaker(engine)
 
@@ -150,7 +150,7 @@ class Bridge:
         ``on_warning`` hears what the user should know while the job runs (a jam slower than real time).
         """
         if request.mode == "jam":
-            return self.jam.run(job_id, request, is_cancelled, on_chunk, on_warning)
+            return self.jam.run(self.engine, job_id, request, is_cancelled, on_chunk, on_warning)
         started = time.monotonic()
         if request.play:
             self.check_output(PLAY_ZERO)  # no device: fail before generating
@@ -201,11 +201,6 @@ class Bridge:
         channels = max(self.engine.channels, clip.channels if clip is not None else 1)
         check_output_folder(self.store.folder, estimate_bytes(samples, channels, variations=request.variations,
                                                               fmt=request.format, copies=2 if request.stream else 1))
-
-    def plan(self, request: Request, clip: planning.ClipFacts | None) -> planning.Plan:
-        """The sample-exact layout ``run`` would use for ``request`` (for tests and tools)."""
-        return planning.plan(request, clip, self.engine)
-
 
 
 def stop_if_cancelled(is_cancelled: Callable[[], bool]) -> None:

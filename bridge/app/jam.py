@@ -39,7 +39,7 @@ from bridge.app.store import ResultStore
 from bridge.audio import StreamResampler
 from bridge.engine import Engine
 from bridge.engine.jam import Jam, JamSettings
-from bridge.errors import BadArgs, Busy, Cancelled, Internal, NoAudioDevice, NotFound
+from bridge.errors import BadArgs, Busy, Cancelled, NoAudioDevice, NotFound
 from bridge.options import Request, jam_fields, pick_seed
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,8 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
 class JamController:
     """The running jam, if any: started by the worker, changed and stopped from any thread."""
 
-    def __init__(self, engine: Engine | None, output: OutputDevice, store: ResultStore,
-                 presets: Any | None = None, link: BarClock | None = None, midi: MidiClock | None = None) -> None:
-        self.engine = engine
+    def __init__(self, output: OutputDevice, store: ResultStore, presets: Any | None = None,
+                 link: BarClock | None = None, midi: MidiClock | None = None) -> None:
         self.link = link
         self.midi = midi
         self.output = output
@@ -203,13 +202,11 @@ class JamController:
                 self._stop.set()
             return True
 
-    def run(self, job_id: str, request: Request, is_cancelled: Callable[[], bool],
+    def run(self, engine: Engine, job_id: str, request: Request, is_cancelled: Callable[[], bool],
             on_chunk: Callable[[Chunk], None] | None = None,
             on_warning: Callable[[str], None] | None = None) -> JobResult:
-        """Run a jam job until it is stopped, cancelled or has played ``request.seconds``. Blocks (the worker)."""
-        engine = self.engine
-        if engine is None:
-            raise Internal("this bridge was built without an engine, so it cannot jam; please report it")
+        """Run a jam job on ``engine`` until it is stopped, cancelled or has played ``request.seconds``.
+        Blocks: the worker that owns the engine calls it."""
         clock = self._clock_for(request.sync, is_cancelled)
         fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
         fields["seed"] = pick_seed(request.seed)  # picked here, not by the Jam: the take reports it

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge.app.job_types import Job, JobKind
-from bridge.errors import BridgeError, Cancelled, Internal
+from bridge.errors import BridgeError, Cancelled, Internal, error_for
 
 if TYPE_CHECKING:
     from bridge.app.job_events import JobEvents
@@ -30,7 +30,7 @@ def jobs_from_journal(entries: list[JournalEntry], ended: list[JournalEntry], ev
         if entry.state == "done":
             job.result = JobResult(paths=[Path(p) for p in entry.paths], seconds=entry.seconds or 0.0, sample_rate=0)
         else:
-            job.error = _error_of(entry.code or "internal", entry.message or "")
+            job.error = error_for(entry.code or "internal", entry.message or "")
         finished.append(job)
     again: list[Job] = []
     refused: list[tuple[Job, BridgeError]] = []
@@ -75,10 +75,3 @@ def _placeholder() -> Request:
     from bridge.options import Request  # noqa: PLC0415
 
     return Request()
-
-
-def _error_of(code: str, message: str) -> BridgeError:
-    """A BridgeError that reports ``code`` (as recorded in the journal) with ``message``."""
-    error = BridgeError(message)
-    error.code = code
-    return error

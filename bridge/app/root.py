@@ -20,10 +20,10 @@ from bridge.app.job_events import JobEvents
 from bridge.app.jobs import Job, JobQueue, Runner
 from bridge.app.journal import Journal, Recovery, default_state_folder
 from bridge.app.link import LinkSession
+from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.presets import PresetLibrary
 from bridge.app.storage import remove_stale_temporaries
-from bridge.app.store import ResultStore
 from bridge.compute import Launcher, apply_threads, plan_compute, yield_this_thread
 from bridge.config import Config
 from bridge.engine import Engine
@@ -50,6 +50,11 @@ class App:
     jobs: JobQueue
     output: OutputDevice
     jam: JamController
+    presets: PresetLibrary | None = None
+    midi_clock: MidiClock | None = None
+    """The MIDI clock a ``sync midi`` jam follows."""
+    link: LinkSession | None = None
+    """The Ableton Link session (``--link``)."""
     journal: Journal | None = None
     recovery: Recovery | None = None
     """What the journal held when the app was built (jobs a crash interrupted), for the front end to restore."""
@@ -58,20 +63,6 @@ class App:
     def events(self) -> JobEvents:
         """Where front ends subscribe to their jobs' events (:class:`bridge.app.job_events.JobEvents`)."""
         return self.jobs.events
-
-    @property
-    def presets(self) -> PresetLibrary | None:
-        return getattr(self.bridge, "presets", None)
-
-    @property
-    def midi_clock(self) -> Any:
-        """The MIDI clock a ``sync midi`` jam follows (:class:`bridge.app.midi_clock.MidiClock`), or None."""
-        return getattr(self.bridge, "midi_clock", None)
-
-    @property
-    def link(self) -> LinkSession | None:
-        """The Ableton Link session (``--link``), or None."""
-        return getattr(self.bridge, "link", None)
 
     @classmethod
     def build(cls, config: Config, *, engine: Engine | None = None,
@@ -105,19 +96,25 @@ class App:
         return app
 
     @classmethod
-    def around(cls, config: Config, bridge: Any, *, journal: Journal | None = None) -> App:
-        """An App around a facade already built (a real Bridge, or a test's stand-in)."""
-        output = getattr(bridge, "output", None) or OutputDevice(config.audio_device)
-        store = getattr(bridge, "store", None) or ResultStore(config.resolved_output_dir())
-        jam = getattr(bridge, "jam", None) or JamController(None, output, store)
-        runner: Runner = bridge
+    def around(cls, config: Config, bridge: Bridge, *, journal: Journal | None = None) -> App:
+        """An App around a Bridge already built, sharing its output device, jam controller, banks and clocks."""
+        return cls.assemble(config, bridge, output=bridge.output, jam=bridge.jam, presets=bridge.presets,
+                            midi_clock=bridge.midi_clock, link=bridge.link, journal=journal)
+
+    @classmethod
+    def assemble(cls, config: Config, runner: Runner, *, output: OutputDevice, jam: JamController,
+                 presets: PresetLibrary | None = None, midi_clock: MidiClock | None = None,
+                 link: LinkSession | None = None, journal: Journal | None = None) -> App:
+        """An App of parts already built: the facade that runs jobs (a Bridge, or a test's stand-in) and
+        what front ends use beside it. The job queue is made here, its worker at the configured priority."""
         plan = plan_compute(config.threads, config.priority)
 
         def lower_worker() -> str:
             return yield_this_thread(plan)
 
         jobs = JobQueue(runner, config.queue_size, JobEvents(), journal=journal, on_worker_start=lower_worker)
-        return cls(config=config, bridge=bridge, jobs=jobs, output=output, jam=jam, journal=journal)
+        return cls(config=config, bridge=runner, jobs=jobs, output=output, jam=jam, presets=presets,
+                   midi_clock=midi_clock, link=link, journal=journal)
 
     def restore(self, *, fresh: bool = False) -> list[Job]:
         """Queue again the jobs the journal held unfinished (a crash); ``fresh``: end them cancelled instead.

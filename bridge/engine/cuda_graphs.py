@@ -138,38 +138,26 @@ def static_step(decoder: FastDecoder, state: DecoderState, tokens: torch.Tensor,
     """One position at ``position`` (a 1-element long tensor on the device) with shapes that never
     change: attention reads the whole cache under a mask, writes go through ``index_copy_``. No value
     leaves the device, so the step can be captured in a CUDA graph. ``state`` must be ``zero``-made.
+    The layers are :meth:`FastDecoder.run_layers`, given attention over these static buffers.
     """
-    hidden = decoder.embeddings[0][tokens[:, 0]]
-    for book in range(1, decoder.num_codebooks):
-        hidden = hidden + decoder.embeddings[book][tokens[:, book]]
-    hidden = (hidden + decoder.positions.index_select(0, position))[:, None, :]
+    hidden = decoder.embed_tokens(tokens[:, :, None]) + decoder.positions.index_select(0, position)
     capacity = state.capacity
     visible = torch.arange(capacity, device=decoder.device) <= position
     mask = torch.zeros(capacity, dtype=decoder.compute_dtype, device=decoder.device)
     mask = mask.masked_fill(~visible, torch.finfo(decoder.compute_dtype).min)[None, None, None, :]
-    dtype = decoder.compute_dtype
-    rows = hidden.shape[0]
-    for i, layer in enumerate(decoder.layers):
-        x = layer.norm_self(hidden).to(dtype)
-        if len(layer.qkv) == 1:
-            q, k, v = layer.qkv[0](x).split(decoder.hidden, dim=-1)
-        else:
-            q, k, v = (proj(x) for proj in layer.qkv)
-        state.keys[i].index_copy_(2, position, decoder.split(k))
-        state.values[i].index_copy_(2, position, decoder.split(v))
-        attn = F.scaled_dot_product_attention(decoder.split(q), state.keys[i], state.values[i], attn_mask=mask)
-        hidden = hidden + layer.out_self(attn.transpose(1, 2).reshape(rows, 1, decoder.hidden)).float()
-        if layer.q_cross is not None and layer.out_cross is not None and state.cross:
-            assert layer.norm_cross is not None
-            x = layer.norm_cross(hidden).to(dtype)
-            ck, cv = state.cross[i]
-            attn = F.scaled_dot_product_attention(decoder.split(layer.q_cross(x)), ck, cv,
-                                                  attn_mask=state.cross_mask)
-            hidden = hidden + layer.out_cross(attn.transpose(1, 2).reshape(rows, 1, decoder.hidden)).float()
-        x = layer.norm_mlp(hidden).to(dtype)
-        hidden = hidden + layer.fc2(layer.activation(layer.fc1(x))).float()
-    logits = decoder.lm_heads(decoder.final_norm(hidden).to(dtype))
-    return logits.float().view(-1, decoder.num_codebooks, decoder.vocab)
+
+    def attend_self(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        state.keys[index].index_copy_(2, position, decoder.split(k))
+        state.values[index].index_copy_(2, position, decoder.split(v))
+        return decoder.merge(F.scaled_dot_product_attention(decoder.split(q), state.keys[index], state.values[index],
+                                                            attn_mask=mask))
+
+    def attend_text(index: int, q: torch.Tensor) -> torch.Tensor:
+        ck, cv = state.cross[index]
+        return decoder.merge(F.scaled_dot_product_attention(decoder.split(q), ck, cv, attn_mask=state.cross_mask))
+
+    hidden = decoder.run_layers(hidden, attend_self, attend_text if state.cross else None)
+    return decoder.head(hidden)
 
 
 def _bucket(value: int, size: int) -> int:

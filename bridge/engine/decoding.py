@@ -8,7 +8,8 @@ fp32 its tokens equal ``generate``'s (tests check this on tiny-random and on the
 What turns the tokens of one step into the next logits is a *stepper*: :class:`FastStepper` runs
 :class:`bridge.engine.fast_decoder.FastDecoder` (preallocated cache, packed weights, the text's keys and
 values projected once), :class:`ReferenceStepper` calls transformers' own decoder module with a
-``DynamicCache`` and is kept as the reference the fast one is tested against.
+``DynamicCache`` and is kept as the reference the fast one is tested against (a :class:`TokenLoop`
+built without a fast decoder runs it).
 
 Layout of the delay pattern (mono, K codebooks): sequence position ``p`` of codebook ``k`` holds
 audio frame ``p - 1 - k``; position 0 is the start token, and positions outside a codebook's
@@ -162,8 +163,9 @@ class TokenLoop:
     """Runs the decoder step by step over the delay pattern.
 
     ``decoder`` is the checkpoint's ``MusicgenForCausalLM`` (or the melody variant); ``fast``, when
-    given, is the same decoder prepared by :class:`FastDecoder` and does the work (``decoder`` is then
-    only the reference). The loop holds no state between calls: :meth:`run` builds its own
+    given, is the same decoder prepared by :class:`FastDecoder` and does the work (the engine's loop).
+    A loop built without ``fast`` runs ``decoder`` itself (:class:`ReferenceStepper`): the reference
+    the tests hold the fast one to. The loop holds no state between calls: :meth:`run` builds its own
     :class:`TokenStream`, and a caller that continues (the jam) keeps one from :meth:`stream`.
     """
 
@@ -182,17 +184,17 @@ class TokenLoop:
         """Decoder calls needed to produce ``frames`` frames after ``prompt_frames`` given ones."""
         return frames - prompt_frames + self.max_delay
 
-    def stepper(self, cond: Conditioning, rows: int, capacity: int, reference: bool = False) -> Stepper:
+    def stepper(self, cond: Conditioning, rows: int, capacity: int) -> Stepper:
         """The stepper for one generation of ``rows`` sequences of up to ``capacity`` positions."""
-        if self.fast is None or reference:
+        if self.fast is None:
             return ReferenceStepper(self.decoder, cond, self.num_codebooks)
         use_graph = self.cuda_graphs and self.fast.graphs.enabled
         return FastStepper(self.fast, cond, rows, capacity, use_graph=use_graph)
 
     def stream(self, cond: Conditioning, batch: int, capacity: int, guided: bool,
-               prompt: torch.Tensor | None = None, frames: int | None = None, reference: bool = False) -> TokenStream:
+               prompt: torch.Tensor | None = None, frames: int | None = None) -> TokenStream:
         """A :class:`TokenStream` of up to ``capacity`` frames; see there."""
-        return TokenStream(self, cond, batch, capacity, guided, prompt=prompt, frames=frames, reference=reference)
+        return TokenStream(self, cond, batch, capacity, guided, prompt=prompt, frames=frames)
 
     @torch.inference_mode()
     def run(
@@ -206,16 +208,11 @@ class TokenLoop:
         on_step: StepCallback | None = None,
         is_cancelled: Callable[[], bool] | None = None,
         frames_out: torch.Tensor | None = None,
-        reference: bool = False,
     ) -> torch.Tensor:
-        """Generate codes of shape ``(batch, K, frames)``; the first frames are ``prompt`` (B, K, T0).
-
-        ``reference`` runs transformers' decoder module instead of the fast one (for tests).
-        """
+        """Generate codes of shape ``(batch, K, frames)``; the first frames are ``prompt`` (B, K, T0)."""
         if prompt is not None and int(prompt.shape[-1]) >= frames:
             raise ValueError("the prompt is as long as the asked length: nothing to generate")
-        stream = self.stream(cond, batch, frames, sampling.uses_guidance, prompt=prompt, frames=frames,
-                             reference=reference)
+        stream = self.stream(cond, batch, frames, sampling.uses_guidance, prompt=prompt, frames=frames)
         stream.advance(frames, sampling, generator, on_step=on_step, is_cancelled=is_cancelled,
                        frames_out=frames_out)
         return stream.codes[:, :, :frames]
@@ -238,7 +235,7 @@ class TokenStream:
     """
 
     def __init__(self, loop: TokenLoop, cond: Conditioning, batch: int, capacity: int, guided: bool,
-                 prompt: torch.Tensor | None = None, frames: int | None = None, reference: bool = False) -> None:
+                 prompt: torch.Tensor | None = None, frames: int | None = None) -> None:
         k_books = loop.num_codebooks
         device = next(loop.decoder.parameters()).device
         self.loop = loop
@@ -267,7 +264,7 @@ class TokenStream:
         self.seq[:, :, 0] = loop.pad  # start token (transformers uses the pad id for it)
         self.books = torch.arange(k_books, device=device)
         rows = 2 * batch if guided else batch
-        self.step = loop.stepper(cond, rows, self.length, reference=reference)
+        self.step = loop.stepper(cond, rows, self.length)
         self.pos = self.prompt_frames + 1  # the next position to sample
         self.fed = 0  # positions the decoder has seen
         self.steps = 0

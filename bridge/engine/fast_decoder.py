@@ -38,6 +38,11 @@ from bridge.engine.machine import attention_fact, sdpa_dtype
 WEIGHT_FORMATS = ("fp32", "fp16", "bf16", "int8", "int4")
 INT4_GROUP = 32  # input channels sharing one 4-bit scale and zero
 
+SelfAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(layer index, q, k, v), each (rows, T, D): keep k and v in that layer's cache, return the attention (rows, T, D)."""
+TextAttention = Callable[[int, torch.Tensor], torch.Tensor]
+"""(layer index, q) with q (rows, T, D): the attention on that layer's text keys and values, (rows, T, D)."""
+
 
 def _has_mkldnn_linear() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
@@ -380,6 +385,11 @@ class FastDecoder:
         rows, length = x.shape[0], x.shape[1]
         return x.view(rows, length, self.heads, self.head_dim).transpose(1, 2)
 
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, heads, T, head_dim) -> (rows, T, D): :meth:`split`'s inverse."""
+        rows, length = x.shape[0], x.shape[2]
+        return x.transpose(1, 2).reshape(rows, length, self.hidden)
+
     @torch.inference_mode()
     def forward(self, state: DecoderState, tokens: torch.Tensor | None, prefix: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -401,66 +411,88 @@ class FastDecoder:
             hidden = torch.ops.musicgen_bridge.decoder_layers(hidden, state.native_params, start, bool(state.cross),
                                                               state.cross_mask, self.heads, self.norm_eps)
         else:
-            for i, layer in enumerate(self.layers):
-                hidden = self._layer_forward(layer, hidden, state, i, start, mask)
+            native = self.native_attention and length <= kernels.MAX_ROWS
+            hidden = self.run_layers(hidden, *self._attention(state, start, mask, native))
         state.length = start + length
+        return self.head(hidden)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits (rows, K, vocab) in fp32 of the last position of the residual stream ``hidden``."""
         last = self.final_norm(hidden[:, -1:])
         logits = self.lm_heads(last.to(self.compute_dtype))
         return logits.float().view(-1, self.num_codebooks, self.vocab)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The sum of the codebooks' embeddings: (rows, K, T) tokens -> (rows, T, D) in fp32."""
+        embedded = self.embeddings[0][tokens[:, 0]]
+        for k in range(1, self.num_codebooks):
+            embedded = embedded + self.embeddings[k][tokens[:, k]]
+        return embedded
 
     def _embed(self, tokens: torch.Tensor | None, prefix: torch.Tensor | None, start: int) -> torch.Tensor:
         parts = []
         if prefix is not None:
             parts.append(prefix.to(self.device, torch.float32))
         if tokens is not None:
-            tokens = tokens.to(self.device)
-            embedded = self.embeddings[0][tokens[:, 0]]
-            for k in range(1, self.num_codebooks):
-                embedded = embedded + self.embeddings[k][tokens[:, k]]
-            parts.append(embedded)
+            parts.append(self.embed_tokens(tokens.to(self.device)))
         hidden = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return hidden + self.positions[start : start + hidden.shape[1]]
 
-    def _layer_forward(self, layer: _Layer, hidden: torch.Tensor, state: DecoderState, index: int, start: int,
-                       mask: torch.Tensor | None) -> torch.Tensor:
-        rows, length = hidden.shape[0], hidden.shape[1]
-        dtype, linear_dtype = self.compute_dtype, self.linear_dtype
-        x = _cast(layer.norm_self(hidden), linear_dtype)
-        if len(layer.qkv) == 1:
-            qkv, width = layer.qkv[0](x), self.hidden
-            q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
-        else:
-            q, k, v = (proj(x) for proj in layer.qkv)
-        end = start + length
-        keys, values = state.keys[index], state.values[index]
-        keys[:, :, start:end] = self.split(k)
-        values[:, :, start:end] = self.split(v)
-        native = self.native_attention and length <= kernels.MAX_ROWS
-        if native:
-            # the native kernel reads the cache as stored (decoder_layers calls the same op)
-            attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
-        else:
-            adt = sdpa_dtype(self.device.type, dtype)
+    def _attention(self, state: DecoderState, start: int, mask: torch.Tensor | None,
+                   native: bool) -> tuple[SelfAttention, TextAttention | None]:
+        """:meth:`run_layers`' attention on ``state``: over its cache (the new keys and values written from
+        ``start`` on), and on its text's keys and values under the text mask (None where it has no text)."""
+        adt = sdpa_dtype(self.device.type, self.compute_dtype)
+
+        def attend_self(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            end = start + q.shape[1]
+            keys, values = state.keys[index], state.values[index]
+            keys[:, :, start:end] = self.split(k)
+            values[:, :, start:end] = self.split(v)
+            if native:
+                # the native kernel reads the cache as stored (decoder_layers calls the same op)
+                return torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), keys, values, end, None, True)
             attn = F.scaled_dot_product_attention(self.split(_cast(q, adt)), _cast(keys[:, :, :end], adt),
                                                   _cast(values[:, :, :end], adt), attn_mask=mask,
-                                                  is_causal=length > 1 and start == 0)
-            attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-        hidden = layer.out_self.fused(_cast(attn, linear_dtype), residual=hidden)
-        if layer.q_cross is not None and layer.out_cross is not None and state.cross:
-            assert layer.norm_cross is not None
-            x = _cast(layer.norm_cross(hidden), linear_dtype)
+                                                  is_causal=q.shape[1] > 1 and start == 0)
+            return self.merge(attn)
+
+        def attend_text(index: int, q: torch.Tensor) -> torch.Tensor:
             ck, cv = state.cross[index]
-            q = layer.q_cross(x)
             if native:
-                attn = torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
+                return torch.ops.musicgen_bridge.attention(_cast(q, torch.float32), ck, cv, int(ck.shape[2]),
                                                            state.cross_mask, False)
+            text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
+            attn = F.scaled_dot_product_attention(self.split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
+                                                  attn_mask=text_mask)
+            return self.merge(attn)
+
+        return attend_self, (attend_text if state.cross else None)
+
+    def run_layers(self, hidden: torch.Tensor, attend_self: SelfAttention,
+                   attend_text: TextAttention | None) -> torch.Tensor:
+        """Every decoder layer on the residual stream ``hidden`` (rows, T, D), fp32.
+
+        The one Python form of the layer maths; the native ``decoder_layers`` op computes the same for
+        one position. Where keys and values live is the caller's: :meth:`forward`'s growing cache, or
+        the static buffers of the step a CUDA graph captures (``bridge.engine.cuda_graphs.static_step``).
+        ``attend_text`` is None when there is no text to attend to.
+        """
+        linear_dtype = self.linear_dtype
+        for index, layer in enumerate(self.layers):
+            x = _cast(layer.norm_self(hidden), linear_dtype)
+            if len(layer.qkv) == 1:
+                qkv, width = layer.qkv[0](x), self.hidden
+                q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
             else:
-                adt = sdpa_dtype(self.device.type, dtype)
-                text_mask = None if state.cross_mask is None else _cast(state.cross_mask, adt)
-                attn = F.scaled_dot_product_attention(self.split(_cast(q, adt)), _cast(ck, adt), _cast(cv, adt),
-                                                      attn_mask=text_mask)
-                attn = attn.transpose(1, 2).reshape(rows, length, self.hidden)
-            hidden = layer.out_cross.fused(_cast(attn, linear_dtype), residual=hidden)
-        x = _cast(layer.norm_mlp(hidden), linear_dtype)
-        inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
-        return layer.fc2.fused(inner, residual=hidden)
+                q, k, v = (proj(x) for proj in layer.qkv)
+            hidden = layer.out_self.fused(_cast(attend_self(index, q, k, v), linear_dtype), residual=hidden)
+            if attend_text is not None and layer.q_cross is not None and layer.out_cross is not None:
+                assert layer.norm_cross is not None
+                x = _cast(layer.norm_cross(hidden), linear_dtype)
+                hidden = layer.out_cross.fused(_cast(attend_text(index, layer.q_cross(x)), linear_dtype),
+                                               residual=hidden)
+            x = _cast(layer.norm_mlp(hidden), linear_dtype)
+            inner = layer.fc1.fused(x, gelu=True) if layer.exact_gelu else layer.activation(layer.fc1(x))
+            hidden = layer.fc2.fused(inner, residual=hidden)
+        return hidden

@@ -230,7 +230,7 @@ class MidiActions:
 
     def _apply(self, action: Action) -> None:
         jam = self.app.jam
-        clock = getattr(self.app, "midi_clock", None)
+        clock = self.app.midi_clock
         if clock is not None:
             self._feed_clock(clock, action)
         if isinstance(action, FirePreset):

@@ -544,7 +544,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& keys, const at::Tens
 // ---- the decoder's layers at one position --------------------------------------------------------
 //
 // MusicGen's decoder layers for one new position of every row, the same ops as FastDecoder's Python
-// ``_layer_forward`` (pre-norm self-attention over the KV cache, cross-attention on the text, GELU
+// ``run_layers`` (pre-norm self-attention over the KV cache, cross-attention on the text, GELU
 // MLP, fp32 residual stream, bf16 cache read by ``attention``), called once per step instead of ~30
 // Python calls per layer.
 // ``params`` holds kLayerParams tensors per layer, in the order of ``FastDecoder.native_params``.

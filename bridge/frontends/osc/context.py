@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge.app.job_events import OSC, JobEvents
 from bridge.app.jobs import Job, JobKind, JobQueue
 from bridge.errors import BadArgs, BridgeError, NotFound
+from bridge.frontends.osc.fail import FAIL, fail_args
 
 if TYPE_CHECKING:
     from bridge.config import Config
@@ -68,6 +69,12 @@ class JamControl(Protocol):
     def stop(self) -> None: ...
 
 
+class LinkView(Protocol):
+    """The Ableton Link session (:class:`bridge.app.link.LinkSession`): its state now."""
+
+    def state(self) -> Any: ...
+
+
 class Services(Protocol):
     """What the composition root hands the OSC front end (:class:`bridge.app.root.App`)."""
 
@@ -85,6 +92,9 @@ class Services(Protocol):
 
     @property
     def jam(self) -> JamControl: ...
+
+    @property
+    def link(self) -> LinkView | None: ...
 
 
 ADDRESS_OF: dict[JobKind, str] = {
@@ -175,4 +185,4 @@ class Context:
 
     def fail(self, error: BridgeError, job_id: str = "") -> None:
         """Answer this message with ``/musicgen/fail`` later, from another thread (what the server does for a raise)."""
-        self.reply("/musicgen/fail", [self.address, job_id, error.code, error.message])
+        self.reply(FAIL, fail_args(self.address, job_id, error))

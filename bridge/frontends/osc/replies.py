@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.app.jobs import Job, JobKind
 from bridge.errors import BadArgs, BridgeError, Internal
 from bridge.frontends.osc.context import ADDRESS_OF
+from bridge.frontends.osc.fail import FAIL, fail_args
 from bridge.frontends.osc.transport import FrameReader, encode_message, frame
 from bridge.saferepr import safe_repr
 
@@ -292,8 +293,8 @@ class ReplyRouter:
         except ValueError as exc:
             log.error("could not send the reply %s: %s", safe_repr(address), exc)
             self.stats.add("reply_errors")
-            if address != "/musicgen/fail":  # say so instead, in a reply that fits
-                self.send(origin, "/musicgen/fail", [address, "", "internal", f"{exc}; please report it"])
+            if address != FAIL:  # say so instead, in a reply that fits
+                self.send(origin, FAIL, fail_args(address, "", Internal(f"{exc}; please report it")))
             return
         self.stats.add("replies_cut", int(cut))
         if isinstance(origin, TcpPeer):
@@ -351,7 +352,7 @@ class ReplyRouter:
                                                  *paths[1:]])
 
     def fail(self, job: Job, error: BridgeError) -> None:
-        self.send(job.origin, "/musicgen/fail", [ADDRESS_OF[job.kind], job.id, error.code, error.message])
+        self.send(job.origin, FAIL, fail_args(ADDRESS_OF[job.kind], job.id, error))
 
 
 class PacketReplies:
@@ -371,7 +372,7 @@ class PacketReplies:
         self._lock = threading.Lock()
 
     def send(self, address: str, args: Sequence[Any]) -> None:
-        is_fail = address == "/musicgen/fail"
+        is_fail = address == FAIL
         with self._lock:
             if self.sent >= MAX_REPLIES_PER_PACKET or (is_fail and self.fails >= MAX_FAILS_PER_PACKET):
                 self.held[f"fail {args[2]}" if is_fail and len(args) > 2 else address] += 1
@@ -388,10 +389,10 @@ class PacketReplies:
             kinds = ", ".join(f"{n} {what}" for what, n in self.held.most_common(4))
             self.held.clear()
         if count:
-            self.router.send(self.origin, "/musicgen/fail", [
-                "", "", "bad_args", f"{count} more replies to this packet were not sent ({kinds}): the bridge "
-                f"answers one packet with at most {MAX_FAILS_PER_PACKET} fails and {MAX_REPLIES_PER_PACKET} "
-                "replies; send fewer messages per bundle"])
+            self.router.send(self.origin, FAIL, fail_args("", "", BadArgs(
+                f"{count} more replies to this packet were not sent ({kinds}): the bridge answers one packet with "
+                f"at most {MAX_FAILS_PER_PACKET} fails and {MAX_REPLIES_PER_PACKET} replies; send fewer messages "
+                "per bundle")))
 
 
 class HostPeers:

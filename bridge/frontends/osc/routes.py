@@ -148,13 +148,12 @@ class Route:
 
 
 class RouteTable:
-    """Address -> route. Declared once at import; ``replace=True`` lets a later module take over."""
+    """Address -> route, each declared once (at import)."""
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
 
-    def add(self, address: str, /, *, options: str = "", replace: bool = False,
-            **params: Arg) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def add(self, address: str, /, *, options: str = "", **params: Arg) -> Callable[[Callable[..., None]], Callable[..., None]]:
         if not address.startswith("/musicgen/"):
             raise ValueError(f"route {address!r} must live under /musicgen/")
         if options not in ("", "typed", "raw"):
@@ -167,7 +166,7 @@ class RouteTable:
                 raise TypeError(f"route {address}: {handler.__name__} takes {actual}, the declaration says {expected}")
             if not inspect.getdoc(handler):
                 raise TypeError(f"route {address}: {handler.__name__} needs a docstring (it is the spec)")
-            if address in self._routes and not replace:
+            if address in self._routes:
                 raise ValueError(f"route {address} is registered twice")
             self._routes[address] = Route(address, tuple(params.items()), options, handler)
             return handler
@@ -373,7 +372,7 @@ def link_state(ctx: Context) -> None:
 
     Replies: `/musicgen/link <enabled 0/1> <peers> <tempo> <beat> <playing 0/1>` (`0 0 0 -1 0` without --link)
     """
-    session = getattr(ctx.app, "link", None)
+    session = ctx.app.link
     if session is None:
         ctx.reply("/musicgen/link", [0, 0, 0.0, -1.0, 0])
         return

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.app.job_events import OSC
 from bridge.errors import BadArgs, BridgeError, Internal, Unauthorized, UnknownAddress
 from bridge.frontends.osc.context import ClipRoots, Context, Services
+from bridge.frontends.osc.fail import FAIL, fail_args
 from bridge.frontends.osc.replies import (
     Connection,
     HostPeers,
@@ -354,7 +355,7 @@ class OscServer:
             if isinstance(item, FrameError):
                 self.stats.add("malformed")
                 if not self.token:
-                    self.router.send(peer, "/musicgen/fail", ["", "", "bad_args", f"bad TCP frame: {item.message}"])
+                    self.router.send(peer, FAIL, fail_args("", "", BadArgs(f"bad TCP frame: {item.message}")))
                 if item.fatal:
                     conn.closing = True
                     return
@@ -373,8 +374,8 @@ class OscServer:
                 self.stats.add("tcp_timeouts")
                 pending = conn.reader.pending if conn.reader is not None else 0
                 if not self.token:
-                    conn.send(encode_message("/musicgen/fail", ["", "", "bad_args",
-                              f"incomplete TCP frame: {pending} bytes and nothing more for {self.read_timeout:g} s"]))
+                    conn.send(encode_message(FAIL, fail_args("", "", BadArgs(
+                        f"incomplete TCP frame: {pending} bytes and nothing more for {self.read_timeout:g} s"))))
                 conn.closing = True
                 conn.partial_since = None
             elif (not conn.closed and self.idle_timeout and now - conn.last_read > self.idle_timeout
@@ -405,7 +406,7 @@ class OscServer:
                     self.refusals.info((host, "malformed"), "malformed packet from %s, not answered (a token is "
                                        "required): %s", host, safe_repr(item.message, 200))
                 else:
-                    replies.send("/musicgen/fail", [item.address, "", "bad_args", item.message])
+                    replies.send(FAIL, fail_args(item.address, "", BadArgs(item.message)))
             else:
                 self.handle_message(origin, item.address, item.args, replies)
         replies.summarise()
@@ -440,14 +441,13 @@ class OscServer:
                     if isinstance(origin, TcpPeer):
                         origin.conn.closing = True
                     return
-            replies.send("/musicgen/fail", [echoed, job_id, exc.code, exc.message])  # the answer first, then the log
+            replies.send(FAIL, fail_args(echoed, job_id, exc))  # the answer first, then the log
             self.refusals.info((host, exc.code), "refused %s from %s: %s: %s", safe_repr(address), host, exc.code,
                                exc.message)
         except Exception as exc:  # noqa: BLE001 - any bug in a route becomes `internal`, never the loop's end
-            replies.send("/musicgen/fail", [
-                echoed, job_id, "internal",
+            replies.send(FAIL, fail_args(echoed, job_id, Internal(
                 f"the bridge hit a bug handling {safe_repr(address)} ({type(exc).__name__}: {_text_of(exc)}); "
-                "please report it with the daemon's log"])
+                "please report it with the daemon's log")))
             self.bugs.log(logging.ERROR, (address[:MAX_ECHO], type(exc).__name__), "bug while handling %s %s: %s: %s",
                           safe_repr(address), safe_repr(list(args)), type(exc).__name__, _text_of(exc), exc_info=True)
 
