@@ -163,9 +163,10 @@ class FakeBridge:
         return _JobResult(paths=paths, seconds=samples / self.sample_rate, sample_rate=self.sample_rate)
 
 
-def stand_in_app(config: Config, runner, *, journal=None):
+def stand_in_app(config: Config, runner, *, journal=None, link=None):
     """An App around a stand-in facade (a :class:`FakeBridge`, a runner), with real parts of its own: an
-    output device, a result store in the config's output folder and an idle jam controller."""
+    output device, a result store in the config's output folder and an idle jam controller (and ``link``,
+    a Link session or a stand-in for one, when given)."""
     from bridge.app.jam import JamController
     from bridge.app.output import OutputDevice
     from bridge.app.root import App
@@ -173,7 +174,7 @@ def stand_in_app(config: Config, runner, *, journal=None):
 
     output = OutputDevice(config.audio_device)
     jam = JamController(output, ResultStore(config.resolved_output_dir()))
-    return App.assemble(config, runner, output=output, jam=jam, journal=journal)
+    return App.assemble(config, runner, output=output, jam=jam, journal=journal, link=link)
 
 
 class OscClient:
@@ -301,7 +302,7 @@ def fake_bridge(tmp_path) -> FakeBridge:
 def osc_server(fake_bridge, tmp_path):
     """Start an OscServer on 127.0.0.1 (free port) with a client listening at its reply port.
 
-    ``osc_server(bridge=None, token=None, queue_size=16, **server_kwargs) -> (server, client)``;
+    ``osc_server(bridge=None, token=None, queue_size=16, link=None, **server_kwargs) -> (server, client)``;
     every server started is stopped at the end of the test.
     """
     from bridge.app.root import App
@@ -309,14 +310,14 @@ def osc_server(fake_bridge, tmp_path):
 
     started: list = []
 
-    def start(bridge=None, token=None, queue_size=16, host="127.0.0.1", **server_kwargs):
+    def start(bridge=None, token=None, queue_size=16, host="127.0.0.1", link=None, **server_kwargs):
         client = OscClient()
         config = Config(model="fake-model", host=host, port=0, reply_port=client.port, output_dir=tmp_path / "out",
                         token=token, queue_size=queue_size)
         if isinstance(bridge, Bridge):
             app = App.around(config, bridge)
         else:
-            app = stand_in_app(config, bridge if bridge is not None else fake_bridge)
+            app = stand_in_app(config, bridge if bridge is not None else fake_bridge, link=link)
         server = OscServer(app, config, **server_kwargs)
         server.start()
         client.server_port = server.port

@@ -24,8 +24,7 @@ def test_mg_jam_asks_for_sync_link_when_the_bridge_is_in_the_link_session(osc_se
         return make(mode, prompt, seconds, clip, options)
 
     fake_bridge.make_request = recording
-    fake_bridge.link = InLink()
-    server, _client = osc_server()
+    server, _client = osc_server(link=InLink())
     song = fake_live.Song(tempo=120.0)
     keys = _midi_track(song)
     jam = keys.clip_slots[3].create_clip(4.0)

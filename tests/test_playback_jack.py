@@ -213,13 +213,13 @@ def test_a_jack_server_dying_mid_take_fails_fast_instead_of_hanging(jack_server,
     assert player.delivered_frames < 5 * RATE  # the take ended with the server, short of its 5 s
 
 
-def test_a_frozen_jack_server_is_caught_by_the_watchdog(jack_server):
+def test_a_frozen_jack_server_is_caught_by_the_reader(jack_server):
     player = Player(device="system", stall_timeout=0.5)
     player.play_array(noise(5.0), RATE)
     wait_until(lambda: player.delivered_frames >= 0.2 * RATE, "playback did not start")
     jack_server.kill(signal.SIGSTOP)  # the server hangs: no callbacks, yet nothing says the stream ended
     with pytest.raises(NoAudioDevice, match="stopped asking for audio"):
-        player.wait(timeout=30)  # the watchdog's error, not a wait that runs out
+        player.wait(timeout=30)  # the reader's stall error, not a wait that runs out
     returns(player.stop)
     jack_server.kill(signal.SIGKILL)  # a frozen server takes seconds to terminate
 
