@@ -98,8 +98,13 @@ def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_lin
     assert report["silent_after_stop"] is True
     back = [s for s in played if s["device_frame"] > flush]
     assert back and back[0]["beat"] > segments[stopped - 1]["beat"] and back[0]["index"] >= stopped
-    # the device clock the child fitted is the device's (48 kHz within 0.5 %)
-    assert abs(1e9 / report["filter_ns_per_frame"] - device_rate) < 0.005 * device_rate
+    # the device clock the child fitted is the device's: the rate its callbacks ran at over the same window,
+    # measured after the fact (within 0.2 %). The JACK dummy driver's clock itself slips on a busy machine (CI
+    # read 47662 Hz in one window), so the nominal 48 kHz is only checked over the whole take, within 3 %
+    # (a 44.1 kHz device is 8 % off)
+    near = 1e9 / report["device_ns_per_frame_near_filter"]
+    assert abs(1e9 / report["filter_ns_per_frame"] - near) < 0.002 * near, (report["filter_ns_per_frame"], near)
+    assert abs(1e9 / report["device_ns_per_frame_whole_take"] - device_rate) < 0.03 * device_rate
 
 
 PEER_CHECKS = r"""
