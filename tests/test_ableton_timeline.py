@@ -169,7 +169,7 @@ def test_the_sets_key_reaches_the_prompt_and_the_sidecar(osc_server, tiny_bridge
     session = live(song, server.port, **env)
     clip.name = name
     session.tick_until(lambda: base._done(clip))
-    placed = song.tracks[1].clip_slots[0].clip
+    placed = song.tracks[1].clip_slots[0].t_clip()
     sidecar = json.loads(open(placed.file_path + ".json", encoding="utf-8").read())
     assert sidecar["key"] == "A minor" and sidecar["options"]["key"] == "A minor"
     assert sidecar["prompt"] == "dusty keys" and sidecar["text_sent_to_model"].startswith("dusty keys, in A minor")
