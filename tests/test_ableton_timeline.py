@@ -77,7 +77,10 @@ def test_an_arrangement_jam_writes_consecutive_bars_ahead_of_the_playhead(osc_se
     song = fake_live.Song(tempo=120.0)
     _keys, clip = _jam_clip(song)
     session = live(song, server.port)
-    play = Playing(session)
+    # the song's clock at a quarter of real time: a bar is 8 s of the machine's time, so a busy machine (CI,
+    # or this suite beside others) still makes each one before the playhead needs it; falling behind, the
+    # jam would skip bars, rightly (the next test), and they would not be consecutive
+    play = Playing(session, speed=0.25)
     for _ in range(3):
         play.tick()
     assert session.requests() == []  # it waits for the transport
