@@ -34,7 +34,7 @@ test: system-deps install-test
 
 lint: install-test
 	$(PYTHON) -m ruff check bridge tests tools daw_scripts/ableton $(wildcard benchmarks)
-	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy  # bridge, tools, benchmarks and tests (pyproject.toml)
 	MYPYPATH=daw_scripts/ableton $(PYTHON) -m mypy --disallow-untyped-defs -p MusicGenBridge  # against ableton-live-stubs
 	lint-imports  # the layers: front ends -> app -> engine | audio -> core (pyproject.toml)
 	$(PYTHON) tools/check_imports.py  # the same contracts counting imports by name, and no import circle at all

@@ -97,6 +97,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, period: int,
              out: Path, glide_after: int = 2, glide_bars: int = 4, stop_after: int = 0) -> dict[str, Any]:
     from bridge.app.root import App
+    from bridge.audio.playback import Player
     from bridge.config import Config
 
     jackd, _env = _start_jack(48000, period)
@@ -144,7 +145,11 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
         result = app.jam.run(app.bridge.engine, "sync", request, lambda: False, on_chunk=on_chunk,
                              on_warning=warnings.append)
         player = app.output.player()
+        if not isinstance(player, Player):  # the measure reads the PortAudio child's clock fit and callbacks
+            raise RuntimeError(f"the bridge played through {type(player).__name__}, not the PortAudio player")
         take = result.take
+        if take is None:
+            raise RuntimeError("the sync jam returned no take to measure")
         report = _analyse(take, chunks, seen, warnings, record, player.clock_line, player.callback_times,
                           app.bridge.engine.sample_rate, first_bpm, second_bpm, change_after)
         frame_rate = app.bridge.engine.loaded.frame_rate

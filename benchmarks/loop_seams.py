@@ -143,7 +143,7 @@ def main() -> int:
             values.append(float(value))
         return statistics.median(values)
 
-    summary = {
+    summary: dict[str, dict[str, Any]] = {
         "seam": {kind: {m: median(["seam", kind, m]) for m in ("wrap_jump", "jump_median", "jump_p99", "wrap_jump_rank",
                                                                "wrap_flux", "flux_median", "flux_p99", "wrap_flux_rank")}
                  for kind in ("loop", "plain_file", "plain_raw")},

@@ -40,9 +40,12 @@ def test_mg_jam_asks_for_sync_link_when_the_bridge_is_in_the_link_session(osc_se
 def test_mg_jam_sends_its_bpm_when_the_bridge_is_not_in_link(osc_server, fake_bridge, live):  # noqa: F811
     asked: list[dict] = []
     make = fake_bridge.make_request
-    fake_bridge.make_request = lambda mode, prompt, seconds, clip, options: (asked.append(dict(options)),
-                                                                             make(mode, prompt, seconds, clip,
-                                                                                  options))[1]
+
+    def recording(mode, prompt, seconds, clip, options):
+        asked.append(dict(options))
+        return make(mode, prompt, seconds, clip, options)
+
+    fake_bridge.make_request = recording
     server, _client = osc_server()
     song = fake_live.Song(tempo=120.0)
     keys = _midi_track(song)

@@ -48,7 +48,7 @@ def test_mg_loop_lands_a_seamless_loop_of_the_clips_length_placed_looping(osc_se
     session = live(song, server.port)
     prompt.name = "mg loop: warm pads -- no drums"
     session.tick_until(lambda: _done(prompt), what="done")
-    placed = song.tracks[1].clip_slots[0].clip
+    placed = song.tracks[1].clip_slots[0].t_clip()
     assert sf.info(placed.file_path).frames == bars_to_samples(2, 120.0, 32000)
     _pinned(placed, 8.0, placed.file_path)  # warped, looping, pinned to its two bars
     sidecar = _sidecar(placed.file_path)

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from ableton import fake_live
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_message_builder import ArgValue, OscMessageBuilder
 
 from bridge.app.bridge import Bridge
 from bridge.config import Config
@@ -131,9 +131,10 @@ def test_script_osc_is_read_by_python_osc_and_reads_it():
     assert message.params == ["id-1", "dusty lofi keys ü", 0.0, "bars", 8, "bpm", 92.5, "", -7, 2**40, True, False,
                               b"\x01\x02\x03"]
     builder = OscMessageBuilder("/musicgen/done")
-    for value, kind in [("/musicgen/generate", "s"), ("job-7", "s"), ("/tmp/a b.wav", "s"), (4.25, "f"), (3, "i"),
-                        (-(2**40), "h"), (0.1, "d"), (True, "T"), (False, "F"), (b"\x01\x02\x03", "b"), ("", "s"),
-                        (None, "N")]:
+    values: list[tuple[ArgValue, str]] = [("/musicgen/generate", "s"), ("job-7", "s"), ("/tmp/a b.wav", "s"), (4.25, "f"),
+                                          (3, "i"), (-(2**40), "h"), (0.1, "d"), (True, "T"), (False, "F"),
+                                          (b"\x01\x02\x03", "b"), ("", "s"), (None, "N")]
+    for value, kind in values:
         builder.add_arg(value, kind)
     assert osc.decode_message(builder.build().dgram) == ("/musicgen/done", [
         "/musicgen/generate", "job-7", "/tmp/a b.wav", 4.25, 3, -(2**40), 0.1, True, False, b"\x01\x02\x03", "", None])
@@ -205,7 +206,7 @@ def test_mg_on_a_midi_clip_lands_bar_exact_on_the_audio_track_to_the_right(
     result_track = song.tracks[1]
     assert result_track.has_audio_input and result_track.name == "dusty lofi keys"
     assert song.tracks[2].name == "Bass"
-    placed = result_track.clip_slots[1].clip  # the same scene
+    placed = result_track.clip_slots[1].t_clip()  # the same scene
     assert placed.name == "dusty lofi keys"
     bar = placing.meter(tempo, num, denom)
     bars = round(beats / bar.quarters_per_bar)
@@ -235,8 +236,8 @@ def test_a_done_clip_waits_for_a_rename_and_each_take_is_kept(osc_server, tiny_b
     session.tick_until(lambda: prompt.name == "mg: keys, more swing [done]" and len(session.requests()) == 2
                        and len(song.tracks) == 4)
     assert [t.has_audio_input for t in song.tracks] == [False, True, True, False]
-    assert song.tracks[2].clip_slots[0].clip.name == "keys, more swing"  # the first take stays where it was
-    assert existing.clip_slots[0].clip.name == "keys"
+    assert song.tracks[2].clip_slots[0].t_clip().name == "keys, more swing"  # the first take stays where it was
+    assert existing.clip_slots[0].t_clip().name == "keys"
 
 
 def test_mg_plus_continues_an_audio_clip_into_the_next_scene(osc_server, tiny_bridge, live, make_clip):
@@ -249,14 +250,14 @@ def test_mg_plus_continues_an_audio_clip_into_the_next_scene(osc_server, tiny_br
     session = live(song, server.port)
     first.name = "mg+: brighter, more drums"
     session.tick_until(lambda: _done(first))
-    placed = drums.clip_slots[1].clip
+    placed = drums.clip_slots[1].t_clip()
     info = sf.info(placed.file_path)
     assert (info.samplerate, info.channels, info.frames) == (48000, 2, bars_to_samples(1, 120.0, 48000))
     _pinned(placed, 4.0, placed.file_path)
     assert any(f"from {source_file}" in line for line in session.requests())
     first.name = "mg+: darker"  # the next scene's slot is taken now: a scene is inserted for the new take
     session.tick_until(lambda: _done(first))
-    assert len(song.scenes) == 3 and drums.clip_slots[1].clip.name == "darker"
+    assert len(song.scenes) == 3 and drums.clip_slots[1].t_clip().name == "darker"
     assert drums.clip_slots[2].clip is placed
 
 
@@ -270,7 +271,7 @@ def test_mg_tilde_follows_the_melody_on_a_melody_model(osc_server, melody_engine
     session = live(song, server.port)
     tune.name = "mg~: string quartet"
     session.tick_until(lambda: _done(tune))
-    placed = song.tracks[1].clip_slots[2].clip
+    placed = song.tracks[1].clip_slots[2].t_clip()
     assert sf.info(placed.file_path).frames == bars_to_samples(1, 100.0, 32000)
     _pinned(placed, 4.0, placed.file_path)
 
@@ -410,7 +411,7 @@ def test_a_jam_clip_starts_and_stops_the_jam_and_the_take_lands_beside_it(osc_se
     session.tick()
     assert jam.name == "mg jam: dark techno [stopping]"
     session.tick_until(lambda: _done(jam), what="the take")
-    take = song.tracks[1].clip_slots[3].clip
+    take = song.tracks[1].clip_slots[3].t_clip()
     frames = sf.info(take.file_path).frames
     assert frames % 64000 == 0 and frames >= 64000  # whole one-bar segments at 120 bpm
     _pinned(take, frames / 64000 * 4.0, take.file_path)

@@ -30,6 +30,7 @@ PAIRS = [
 
 def _stub_members(module: str, name: str) -> dict[str, tuple[str, int]]:
     """``{member: ("method", positional count without self) | ("property", 0) | ("settable", 0)}``."""
+    assert STUBS is not None  # (the module is skipped without them)
     tree = ast.parse((STUBS / f"{module}.pyi").read_text(encoding="utf-8"))
     [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name]
     members: dict[str, tuple[str, int]] = {}
@@ -73,13 +74,15 @@ def _script_names() -> set[str]:
             own |= {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
         found |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-        for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1
-                     and isinstance(n.args[1], ast.Constant)]:
+        for call in [n for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) > 1]:
+            named = call.args[1]
+            if not isinstance(named, ast.Constant) or not isinstance(named.value, str):
+                continue
             called = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
             if called == "_listen":  # self._listen(clip, "name", ...): add_name_listener, remove_name_listener
-                found |= {f"add_{call.args[1].value}_listener", f"remove_{call.args[1].value}_listener"}
+                found |= {f"add_{named.value}_listener", f"remove_{named.value}_listener"}
             elif called == "hasattr":
-                found.add(call.args[1].value)
+                found.add(named.value)
     return found - (own - {"name", "clip"})  # names both the script's objects and Live's have
 
 

@@ -185,7 +185,8 @@ def test_the_worker_start_hook_runs_once_on_the_worker_before_the_first_job():
 
 class _Libc:
     def __init__(self, answer: int) -> None:
-        self.answer, self.calls = answer, []
+        self.answer = answer
+        self.calls: list[tuple[int, int]] = []
 
     def pthread_set_qos_class_self_np(self, qos: int, relative: int) -> int:
         self.calls.append((qos, relative))
@@ -207,7 +208,8 @@ def test_macos_asks_for_the_utility_qos_class_and_says_so_when_refused(monkeypat
 
 class _Kernel32:
     def __init__(self, answer: int) -> None:
-        self.answer, self.calls = answer, []
+        self.answer = answer
+        self.calls: list[tuple[int, int]] = []
 
     def GetCurrentThread(self) -> int:
         return -2

@@ -231,16 +231,30 @@ def test_the_cuda_backend_passes_a_non_zero_device_index_to_every_cuda_call(monk
     class Recorder(contextlib.nullcontext):  # type: ignore[type-arg]
         pass
 
-    monkeypatch.setattr(torch.cuda, "device", lambda d: seen.append(("device", d)) or Recorder())
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: seen.append(("stream", device)) or _Stream(device))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: seen.append(("current", d)) or _Stream(d))
+    def fake_device(d):
+        seen.append(("device", d))
+        return Recorder()
+
+    def fake_stream(device=None):
+        seen.append(("stream", device))
+        return _Stream(device)
+
+    def fake_current_stream(d=None):
+        seen.append(("current", d))
+        return _Stream(d)
+
+    def fake_graph(g, stream=None):
+        seen.append(("graph", stream.device))
+        return contextlib.nullcontext()
 
     class Graph:
         pass
 
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    monkeypatch.setattr(torch.cuda, "Stream", fake_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", fake_current_stream)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None: seen.append(("graph", stream.device))
-                        or contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
     second = torch.device("cuda", 1)
     backend = cg.CudaBackend()
     with backend.device(second):

@@ -16,7 +16,7 @@ from conftest import OscClient, stand_in_app
 from tiny_frontend import NAME, TinyFrontEnd
 
 from bridge.app.job_events import OSC, JobEvents
-from bridge.app.jobs import Job, JobKind
+from bridge.app.jobs import Job, JobKind, NullListener
 from bridge.app.journal import Journal
 from bridge.config import Config
 from bridge.errors import Internal
@@ -113,9 +113,11 @@ def test_the_journal_keeps_each_front_ends_origin_as_its_own_data(both, tmp_path
     tiny.wait_end("tiny-j")
     client.send("/musicgen/generate", "osc-j", "keys", 0.5)
     client.expect_end("osc-j", timeout=30)
-    assert journal.find("tiny-j").reply == {"frontend": NAME, "data": {"client": "alice"}}
-    assert journal.find("osc-j").reply == {"frontend": OSC, "data": {"host": "127.0.0.1", "ports": [client.port],
-                                                                     "transport": "udp"}}
+    tiny_entry, osc_entry = journal.find("tiny-j"), journal.find("osc-j")
+    assert tiny_entry is not None and osc_entry is not None
+    assert tiny_entry.reply == {"frontend": NAME, "data": {"client": "alice"}}
+    assert osc_entry.reply == {"frontend": OSC, "data": {"host": "127.0.0.1", "ports": [client.port],
+                                                         "transport": "udp"}}
 
 
 def test_restored_jobs_go_back_to_the_front_end_that_submitted_them_old_records_to_osc(both, fake_bridge, tmp_path):
@@ -174,15 +176,15 @@ def test_a_damaged_record_still_tells_its_own_front_end_that_it_will_not_run(bot
 
 
 def test_one_subscription_per_front_end_and_a_broken_listener_does_not_silence_the_others():
-    class Broken:
-        def queued(self, job, position):
+    class Broken(NullListener):
+        def queued(self, job: Job, position: int) -> None:
             raise OSError("socket gone")
 
-    class Keeps:
-        def __init__(self):
-            self.heard = []
+    class Keeps(NullListener):
+        def __init__(self) -> None:
+            self.heard: list[str] = []
 
-        def queued(self, job, position):
+        def queued(self, job: Job, position: int) -> None:
             self.heard.append(job.id)
 
     events = JobEvents()

@@ -138,7 +138,7 @@ def test_playback_waits_for_two_segments_when_faster_than_real_time(tiny_engine,
     from bridge.app.jam import run_jam
 
     player = _RecordingPlayer()
-    warnings = []
+    warnings: list[str] = []
     jam = _slowed(Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2)), 0.5)
     take = run_jam(jam, tmp_path / "jam", should_stop=lambda: False, player=player, for_seconds=8.0,
                    warn=warnings.append)
@@ -153,7 +153,7 @@ def test_a_slow_machine_pre_rolls_and_says_so_once(tiny_engine, tmp_path):
     from bridge.app.jam import SLOW_MARGIN, run_jam
 
     player = _RecordingPlayer()
-    warnings = []
+    warnings: list[str] = []
     jam = _slowed(Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2)), 4.0)  # 0.5x
     take = run_jam(jam, tmp_path / "jam", should_stop=lambda: False, player=player, for_seconds=12.0,
                    warn=warnings.append)

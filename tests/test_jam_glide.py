@@ -37,7 +37,7 @@ def test_a_glide_moves_from_the_old_text_to_the_new_over_its_bars(tiny_engine):
     assert 3 * bar_frames <= arrived <= 3 * bar_frames + bar_frames // 8 + 4  # two bars later
     assert jam._glide is None and jam._text is not None and "bright bells" in jam._text[0]  # (text, negative)
     # per bar: the mean distance from the new conditioning falls bar after bar
-    per_bar = {}
+    per_bar: dict[int, list[float]] = {}
     for frame, distance in steps:
         per_bar.setdefault((frame - first_frame) // bar_frames, []).append(distance)
     means = [sum(v) / len(v) for _, v in sorted(per_bar.items())]
@@ -72,7 +72,7 @@ def test_the_glide_is_a_straight_line_between_texts_of_different_lengths():
     short = Conditioning(encoder_hidden_states=torch.ones(2, 3, 4), encoder_attention_mask=torch.ones(2, 3, dtype=torch.long))
     long = Conditioning(encoder_hidden_states=torch.full((2, 5, 4), 3.0),
                         encoder_attention_mask=torch.ones(2, 5, dtype=torch.long))
-    glide = Glide(short, long, "long", guidance=(3.0, 5.0), temperature=(1.0, 0.5), first=100, last=200)
+    glide = Glide(short, long, ("long", ""), guidance=(3.0, 5.0), temperature=(1.0, 0.5), first=100, last=200)
     cond, g, t, distance = glide.at(150)
     assert cond.encoder_hidden_states is not None and cond.encoder_attention_mask is not None
     assert cond.encoder_hidden_states.shape == (2, 5, 4)
@@ -80,7 +80,8 @@ def test_the_glide_is_a_straight_line_between_texts_of_different_lengths():
     assert torch.allclose(cond.encoder_hidden_states[:, 3:], torch.full((2, 2, 4), 1.5))
     assert cond.encoder_attention_mask.tolist() == [[1] * 5] * 2
     assert (g, t, distance) == (4.0, 0.75, pytest.approx(0.5))
-    assert glide.at(100)[0].encoder_hidden_states.shape == (2, 5, 4) and glide.at(200)[0] is long
+    at_start = glide.at(100)[0].encoder_hidden_states
+    assert at_start is not None and at_start.shape == (2, 5, 4) and glide.at(200)[0] is long
     assert glide.at(100)[3] == pytest.approx(1.0) and glide.at(250)[3] == 0.0
 
 

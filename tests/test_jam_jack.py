@@ -22,7 +22,9 @@ def test_cli_jam_plays_gaplessly_through_jack(jack_server, tmp_path):
     assert "underruns: 0" in proc.stderr
     # two bars of run-ahead, so the third is generated while the first plays; a machine slower than
     # real time (a loaded CI box) pre-rolls more, and says so
-    began = float(re.search(r"playback began with ([0-9.]+) s queued", proc.stderr).group(1))
+    preroll = re.search(r"playback began with ([0-9.]+) s queued", proc.stderr)
+    assert preroll is not None, proc.stderr
+    began = float(preroll.group(1))
     assert began == 4.0 or (began > 4.0 and "pre-rolling" in proc.stderr), proc.stderr
     paths = proc.stdout.strip().splitlines()
     take, rate = sf.read(paths[-1], always_2d=True)

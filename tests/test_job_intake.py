@@ -59,7 +59,8 @@ def test_a_slow_fsync_does_not_stall_other_clients_and_queued_waits_for_it(fake_
         requester.expect("/musicgen/queued", lambda m: m.args[0] == "slow-disk", timeout=10)
         assert journal.find("slow-disk") is not None
         requester.expect_end("slow-disk", timeout=30)
-        assert journal.find("slow-disk").state == "done"
+        finished = journal.find("slow-disk")
+        assert finished is not None and finished.state == "done"
     finally:
         disk.go.set()
         server.stop(timeout=5)

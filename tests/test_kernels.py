@@ -135,7 +135,8 @@ def _decoder_lm(hidden: int = 64) -> torch.nn.Module:
 
     config = MusicgenDecoderConfig(vocab_size=64, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
                                    ffn_dim=hidden * 4, num_codebooks=4, max_position_embeddings=128,
-                                   pad_token_id=64, bos_token_id=64, decoder_start_token_id=64)
+                                   pad_token_id=64, bos_token_id=64)
+    config.decoder_start_token_id = 64  # not among the constructor's declared arguments (transformers 5)
     with torch.random.fork_rng():  # fixed weights, without touching the other tests' generator
         torch.manual_seed(0)
         return MusicgenForCausalLM(config).eval()

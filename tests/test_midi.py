@@ -115,7 +115,7 @@ def test_clock_at_120_gives_120_once_despite_jitter():
     assert len(tempos) == 1 and tempos[0].bpm == pytest.approx(120.0, abs=0.5)
     assert mapper.tempo == tempos[0].bpm
     [fired] = mapper.handle(_note(36))
-    assert fired.options["bpm"] == tempos[0].bpm
+    assert isinstance(fired, FirePreset) and fired.options["bpm"] == tempos[0].bpm
 
 
 def test_clock_follows_a_tempo_change_and_ignores_a_pause():
@@ -197,7 +197,12 @@ def fake_app(mapper):
                                midi_clock=None)
 
     apps = []
-    yield lambda jamming=False: apps.append(make(jamming)) or apps[-1]
+
+    def new_app(jamming=False):
+        apps.append(make(jamming))
+        return apps[-1]
+
+    yield new_app
     for app in apps:
         app.jobs.close(5)
 
@@ -322,6 +327,7 @@ def test_serve_with_midi_fires_a_preset_job(jack_server, tmp_path):
          str(replies.getsockname()[1]), "--output-dir", str(tmp_path), "--presets", str(PRESETS), "--midi"],
         env=env, stderr=subprocess.PIPE, text=True)
     try:
+        assert daemon.stderr is not None
         while "MIDI: listening" not in (line := daemon.stderr.readline()):
             assert line, "the daemon exited before opening MIDI"
         _run_python("""

@@ -129,6 +129,7 @@ def test_jam_fields_take_what_the_jam_can_use():
 def _subparser(name):
     parser = build_parser()
     [sub] = [a for a in parser._actions if a.dest == "command"]
+    assert isinstance(sub.choices, dict)  # the subcommands' parsers by name
     return sub.choices[name]
 
 

@@ -13,7 +13,7 @@ HEADING = "## OSC addresses"
 
 def table_rows(markdown: str) -> list[list[str]]:
     """The cells of the first table in ``markdown``, header and separator left out."""
-    rows = []
+    rows: list[list[str]] = []
     for line in markdown.splitlines():
         line = line.strip()
         if not line.startswith("|"):

@@ -22,27 +22,29 @@ class Peers:
         self.ports.remove(port)
 
 
-@pytest.fixture
-def call(fake_bridge):
-    """call(address, *args) -> the replies the route sent, as (address, [args])."""
-    app = stand_in_app(Config(queue_size=4, output_dir=fake_bridge.output_dir), fake_bridge)
-    jobs = app.jobs
-    peers = Peers()
-    sent: list[tuple[str, list]] = []
+class Caller:
+    """call(address, *args) -> the replies the route sent, as (address, [args]); with the app's jobs and the peers."""
 
-    def _call(address, *args):
-        sent.clear()
-        ctx = Context(address=address, app=app, routes=routes,
-                      reply=lambda a, v: sent.append((a, list(v))), peers=peers)
+    def __init__(self, app) -> None:
+        self.app, self.jobs, self.peers = app, app.jobs, Peers()
+        self.sent: list[tuple[str, list]] = []
+
+    def __call__(self, address, *args):
+        self.sent.clear()
+        ctx = Context(address=address, app=self.app, routes=routes,
+                      reply=lambda a, v: self.sent.append((a, list(v))), peers=self.peers)
         route = routes.get(address)
         assert route is not None, address
         route.call(ctx, list(args))
-        return list(sent)
+        return list(self.sent)
 
-    _call.jobs = jobs
-    _call.peers = peers
-    yield _call
-    jobs.close(5)
+
+@pytest.fixture
+def call(fake_bridge):
+    """A :class:`Caller` over a stand-in app."""
+    caller = Caller(stand_in_app(Config(queue_size=4, output_dir=fake_bridge.output_dir), fake_bridge))
+    yield caller
+    caller.jobs.close(5)
 
 
 def test_ping_and_notify(call):
@@ -119,6 +121,7 @@ def test_usage_is_built_from_the_declaration():
         """
 
     route = table.get("/musicgen/w")
+    assert route is not None
     assert route.arguments == "<id> <level> <text> [key value ...]"
     assert route.meaning == "W does things." and route.replies == "`/musicgen/w <id>`"
 

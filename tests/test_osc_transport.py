@@ -109,7 +109,7 @@ def test_length_frames_split_anywhere_reassemble():
     out = []
     for i in range(len(stream)):
         out += reader.feed(stream[i : i + 1])
-    assert [decode_message(p).address for p in out] == ["/a", "/b"]
+    assert [decode_message(p).address if isinstance(p, bytes) else p for p in out] == ["/a", "/b"]
     assert reader.pending == 0
 
 
@@ -131,4 +131,4 @@ def test_slip_escapes_round_trip_and_oversize_frames_resync():
 def test_bad_slip_escape_is_an_error_for_that_frame_only():
     out = FrameReader("slip").feed(b"\xc0/a\xdb\x01\xc0" + slip_encode(encode_message("/b")))
     assert isinstance(out[0], FrameError)
-    assert decode_message(out[1]).address == "/b"
+    assert isinstance(out[1], bytes) and decode_message(out[1]).address == "/b"

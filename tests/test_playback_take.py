@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ WAIT_FOR_THE_KILL = "\nwhile True:\n    receive(0)\n"
 
 def fake_child(script: str, started: list[subprocess.Popen[bytes]],
                prelude: str = PRELUDE) -> Callable[..., subprocess.Popen[bytes]]:
-    def popen(_command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def popen(_command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         process = subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(script)], **kwargs)
         started.append(process)
         return process

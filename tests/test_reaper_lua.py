@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from pythonosc.osc_message import OscMessage
-from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_message_builder import ArgValue, OscMessageBuilder
 
 from bridge.tempo import bars_to_samples
 
@@ -31,6 +31,7 @@ NO_LUASOCKET = {"LUA_PATH": "/nonexistent/?.lua", "LUA_CPATH": "/nonexistent/?.s
 
 
 def _lua(*args, env=None, stdin=b"", timeout=120):
+    assert LUA is not None  # (the module is skipped without it)
     return subprocess.run([LUA, *map(str, args)], input=stdin, capture_output=True, timeout=timeout, env=env,
                           check=False)
 
@@ -48,8 +49,10 @@ def test_lua_osc_encoding_is_read_by_python_osc():
 
 def test_lua_decodes_python_osc_messages():
     builder = OscMessageBuilder("/musicgen/done")
-    for value, kind in [("/musicgen/generate", "s"), ("job-7", "s"), ("/tmp/a b.wav", "s"), (4.25, "f"), (3, "i"),
-                        (-(2**40), "h"), (0.1, "d"), (True, "T"), (False, "F"), (b"\x01\x02\x03", "b"), ("", "s")]:
+    values: list[tuple[ArgValue, str]] = [("/musicgen/generate", "s"), ("job-7", "s"), ("/tmp/a b.wav", "s"), (4.25, "f"),
+                                          (3, "i"), (-(2**40), "h"), (0.1, "d"), (True, "T"), (False, "F"),
+                                          (b"\x01\x02\x03", "b"), ("", "s")]
+    for value, kind in values:
         builder.add_arg(value, kind)
     proc = _lua(CODEC, SCRIPTS, "decode", stdin=builder.build().dgram)
     assert proc.stdout.decode().strip() == (
@@ -119,6 +122,7 @@ def _env(port, **values):
 
 
 def _start(script, env):
+    assert LUA is not None
     return subprocess.Popen([LUA, str(HARNESS), str(SCRIPTS / script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
 
@@ -380,7 +384,7 @@ def test_reapack_index_lists_every_script_with_the_library_and_is_up_to_date():
         assert sources[library] == (None, f"{INDEX_BASE}/{library}")
     for script in actions:
         header = (SCRIPTS / script).read_text(encoding="utf-8")
-        assert re.search(rf"^-- @version {re.escape(version.get('name'))}$", header, re.M), script
+        assert re.search(rf"^-- @version {re.escape(version.attrib['name'])}$", header, re.M), script
         assert re.search(r"^-- @description MusicGen: ", header, re.M), script
     generated = _lua(SCRIPTS / "make_reapack_index.lua", INDEX_BASE)
     assert generated.returncode == 0, generated.stderr.decode()

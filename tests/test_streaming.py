@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import torch
 
+from bridge.app.results import Chunk
 from bridge.engine.streaming import StreamingDecoder
 
 
@@ -37,7 +38,7 @@ def test_no_chunk_before_its_lookahead_is_complete(tiny_engine):
 
 
 def _stream_job(bridge, mode="text", clip=None, seconds=2.0, **options):
-    chunks = []
+    chunks: list[Chunk] = []
     request = bridge.make_request(mode, "lofi", seconds, str(clip) if clip else None,
                                   {"stream": 1, "seed": 9} | options)
     result = bridge.run("s1", request, lambda _f: None, lambda: False, on_chunk=chunks.append)

@@ -52,6 +52,11 @@ class ClipSlot(Listeners):
         """A test's own audio clip (a recording or a dragged-in file), wherever the test wants it."""
         return self._put(Clip(name=name, file_path=path))
 
+    def t_clip(self) -> Clip:
+        """The slot's clip, for a test that expects one there."""
+        assert self._clip is not None, "the slot is empty"
+        return self._clip
+
 
 class ClipSlotCreatingAudio(ClipSlot):
     def create_audio_clip(self, file_path: str, /) -> Clip:
