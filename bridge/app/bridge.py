@@ -17,7 +17,7 @@ from typing import Any
 
 from bridge import __version__, audio
 from bridge.app import loops, planning
-from bridge.app.budget import Limits, check_cost, job_cost, prompt_tail_seconds
+from bridge.app.budget import ClipShape, Cost, Limits, check_cost, job_cost, prompt_tail_seconds
 from bridge.app.jam import JamController
 from bridge.app.link import LinkSession
 from bridge.app.midi_clock import MidiClock
@@ -68,7 +68,7 @@ class Bridge:
         self.link = link
         self.midi_clock = MidiClock()  # fed by the MIDI front end when there is one (serve --midi)
         self.jam = JamController(self.output, self.store, presets, link=link, midi=self.midi_clock)
-        self.limits = Limits.for_machine(getattr(config, "max_job_memory", None))
+        self.limits = Limits.for_machine(config.max_job_memory, engine.free_device_memory())
         self.loops = loops.LoopMaker(engine)
 
     @property
@@ -131,7 +131,7 @@ class Bridge:
             clip = audio.probe_clip(request.clip) if request.clip else None  # the header only: bad_audio now
             if request.clip_after and request.mode == "infill":
                 audio.probe_clip(request.clip_after)  # a fill's second clip too
-            check_cost(job_cost(request, planning.plan(request, clip, self.engine), clip, self.engine), self.limits)
+            check_cost(self._cost(request, planning.plan(request, clip, self.engine), clip), self.limits)
         return request
 
     def preset_request(self, bank: str, preset: str, options: Mapping[str, Any]) -> Request:
@@ -156,7 +156,7 @@ class Bridge:
             self.check_output(PLAY_ZERO)  # no device: fail before generating
         info = audio.probe_clip(request.clip) if request.clip else None
         plan = planning.plan(request, info, self.engine)
-        check_cost(job_cost(request, plan, info, self.engine), self.limits)  # again: a restored job, a changed file
+        check_cost(self._cost(request, plan, info), self.limits)  # again: a restored job, a changed file
         if plan.rate_note and on_warning is not None:
             on_warning(plan.rate_note)
         clip = (audio.read_clip(request.clip, tail_seconds=prompt_tail_seconds(request, plan, self.engine))
@@ -185,6 +185,9 @@ class Bridge:
             self.output.play_now(paths[0])
         return JobResult(paths=paths, seconds=outputs[0].shape[-1] / plan.out_rate, sample_rate=plan.out_rate,
                          sidecars=sidecars)
+
+    def _cost(self, request: Request, plan: planning.Plan, clip: ClipShape | None) -> Cost:
+        return job_cost(request, plan, clip, self.engine, self.engine.text_tokens(plan.text, request.negative))
 
     def check_output(self, advice: str) -> None:
         """NoAudioDevice, with ``advice`` on how to do without it, when there is no output device."""

@@ -13,8 +13,11 @@ resampler and the loudness filter work in float64 = 8):
 - post-process (one variation at a time): resampling to the output rate, the cut, fade, channel
   and loudness copies, and the transposed copy the file writer makes.
 
-The token loop's own memory (the model's KV cache) is the model's and does not grow with the
-output rate or the variations' post-processing, so it is not counted here.
+- tokens: the decoder's key/value cache while the tokens are made, for every variation (a loop's or a
+  fill's candidates when there are more of them) and its guidance row, over one window at most: often
+  the largest stage (musicgen-large on the CPU in float32: about 1.1 GB a row for 30 s). It is counted in
+  the machine's memory on the CPU; on a GPU it is checked against the GPU memory free when the model was
+  loaded (``Limits.max_device_bytes``), the rest against the machine's.
 """
 
 from __future__ import annotations
@@ -58,23 +61,32 @@ class ModelFacts(EngineFacts, Protocol):
     @property
     def channels(self) -> int: ...
 
+    @property
+    def cache_on_host(self) -> bool: ...
+
+    def cache_bytes(self, rows: int, frames: int, text_tokens: int) -> int: ...
+
 
 @dataclass(frozen=True)
 class Limits:
-    """How much one job may cost: samples written, and bytes of memory held at its peak."""
+    """How much one job may cost: samples written, bytes of memory held at its peak, and bytes of a GPU's
+    memory (None: the model runs on the CPU, or the GPU does not say)."""
 
     max_samples: int = MAX_JOB_SAMPLES
     max_bytes: int = FALLBACK_MEMORY
+    max_device_bytes: int | None = None
 
     @classmethod
-    def for_machine(cls, max_memory_mb: int | None = None) -> Limits:
-        """The limits for this machine: ``max_memory_mb`` when given, else half its physical memory."""
+    def for_machine(cls, max_memory_mb: int | None = None, device_bytes: int | None = None) -> Limits:
+        """The limits for this machine: ``max_memory_mb`` when given, else half its physical memory; and the
+        GPU memory free for a job (``device_bytes``, after the model was loaded; None on the CPU)."""
         if max_memory_mb is not None:
             if max_memory_mb < 1:
                 raise BadArgs(f"the job memory limit must be 1 MB or more, got {max_memory_mb}")
-            return cls(max_bytes=max_memory_mb * 1024 * 1024)
+            return cls(max_bytes=max_memory_mb * 1024 * 1024, max_device_bytes=device_bytes)
         total = physical_memory()
-        return cls(max_bytes=max(MIN_MEMORY, int(total * MEMORY_SHARE)) if total else FALLBACK_MEMORY)
+        return cls(max_bytes=max(MIN_MEMORY, int(total * MEMORY_SHARE)) if total else FALLBACK_MEMORY,
+                   max_device_bytes=device_bytes)
 
 
 def physical_memory() -> int | None:
@@ -93,6 +105,7 @@ class Cost:
     stages: dict[str, int]
     peak_bytes: int
     shape: str  # "600 s x 192000 Hz x 1 channel x 8 variations"
+    device_bytes: int = 0  # the decoder's cache in a GPU's memory (0 on the CPU: it is a stage there)
 
 
 def prompt_tail_seconds(request: Request, plan: Plan, eng: EngineFacts) -> float | None:
@@ -109,8 +122,25 @@ def clip_frames_read(request: Request, plan: Plan, clip: ClipShape, eng: EngineF
     return min(int(clip.frames), math.ceil(tail * clip.sample_rate))
 
 
-def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFacts) -> Cost:
-    """The samples ``request`` writes and the memory it holds, stage by stage (see the module docstring)."""
+def cache_shape(request: Request, plan: Plan, eng: EngineFacts) -> tuple[int, int]:
+    """(rows, frames) of the largest decoder cache the job holds at once: every variation and its guidance
+    row over the job's frames (the engine counts one window at most). A loop's or a fill's bridges are
+    sampled in one batch of candidates beside one more row that reads their shared context, over the
+    context, the bridge and the head it is scored on: for a loop, its frames and a second more at most;
+    for a fill, whose context comes from its first clip, the whole window."""
+    guided = 2 if request.guidance > 1.0 else 1
+    if request.mode == "loop":
+        return guided * (request.candidates + 1), plan.frames + math.ceil(eng.frame_rate)
+    if request.mode == "infill":
+        return guided * (request.candidates + 1), eng.window_frames
+    return guided * max(1, request.variations), plan.frames
+
+
+def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFacts, text_tokens: int = 1) -> Cost:
+    """The samples ``request`` writes and the memory it holds, stage by stage (see the module docstring).
+
+    ``text_tokens``: the longer of the prompt's and the negative prompt's token counts.
+    """
     variations = max(1, request.variations)
     model_ch = eng.channels
     model_samples = plan.frames * eng.hop
@@ -134,18 +164,26 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
     if clip_out and clip is not None:
         copies += clip.channels * (clip.frames * F64 + clip_out * F64)
     stages["post-process"] = resample + copies
-    peak = stages.get("read", 0) + stages["decode"] + stages["kept"] + stages["post-process"]
+    tokens = eng.cache_bytes(*cache_shape(request, plan, eng), max(1, text_tokens))
+    device_bytes = 0
+    if eng.cache_on_host:
+        stages["tokens"] = tokens
+    else:
+        device_bytes = tokens
+    peak = sum(stages.values())
     samples = variations * out_ch * out_samples
     seconds = out_samples / plan.out_rate
     shape = (f"{seconds:.0f} s x {plan.out_rate} Hz x {out_ch} channel{'s' if out_ch != 1 else ''} x "
              f"{variations} variation{'s' if variations != 1 else ''}")
-    return Cost(samples=samples, stages=stages, peak_bytes=peak, shape=shape)
+    return Cost(samples=samples, stages=stages, peak_bytes=peak, shape=shape, device_bytes=device_bytes)
 
 
 def check_cost(cost: Cost, limits: Limits) -> None:
     """BadArgs, naming the limit and what to ask instead, when ``cost`` is over ``limits``."""
     instead = ("ask for fewer variations, a shorter length or a lower sample_rate (48000 is what a DAW uses), "
                "or make it in parts, continuing the last")
+    fewer_rows = ("ask for fewer variations (a loop or a fill: fewer candidates), or run a smaller model: the cache "
+                  "holds one window (about 30 s) at most, so a shorter length helps only below that")
     if cost.samples > limits.max_samples:
         raise BadArgs(f"this job would write {cost.samples:,} samples ({cost.shape}), over the bridge's limit of "
                       f"{limits.max_samples:,} samples a job: {instead}")
@@ -153,7 +191,12 @@ def check_cost(cost: Cost, limits: Limits) -> None:
         heaviest = max(cost.stages, key=lambda k: cost.stages[k])
         raise BadArgs(f"this job would hold about {_size(cost.peak_bytes)} of memory at its peak ({cost.shape}; "
                       f"{heaviest}: {_size(cost.stages[heaviest])}), over the bridge's limit of "
-                      f"{_size(limits.max_bytes)} a job (serve --max-job-memory): {instead}")
+                      f"{_size(limits.max_bytes)} a job (serve --max-job-memory): "
+                      f"{fewer_rows if heaviest == 'tokens' else instead}")
+    if limits.max_device_bytes is not None and cost.device_bytes > limits.max_device_bytes:
+        raise BadArgs(f"this job's decoder cache would take about {_size(cost.device_bytes)} of GPU memory "
+                      f"({cost.shape}), over the {_size(limits.max_device_bytes)} the GPU had free after the model "
+                      f"was loaded: {fewer_rows}")
 
 
 def _size(n: int) -> str:

@@ -42,6 +42,11 @@ class GenerationSpec:
     negative: str = ""  # guidance pushes away from this text instead of the empty one
 
 
+def decoder_cache_bytes(layers: int, hidden: int, element_size: int, rows: int, positions: int) -> int:
+    """Bytes of a decoder's keys and values: every layer, ``rows`` sequences, ``positions`` each."""
+    return 2 * layers * hidden * element_size * rows * positions
+
+
 class Engine:
     """Keeps one MusicGen model warm and generates with it. Not thread-safe: one worker owns it."""
 
@@ -71,6 +76,43 @@ class Engine:
     @property
     def frame_rate(self) -> float:
         return float(self.loaded.frame_rate)
+
+    @property
+    def cache_on_host(self) -> bool:
+        """Whether the decoder's cache lives in the machine's memory (the CPU), not a GPU's."""
+        return self.loaded.device.type == "cpu"
+
+    def cache_bytes(self, rows: int, frames: int, text_tokens: int) -> int:
+        """Bytes the decoder's caches hold for ``rows`` sequences of a window of ``frames`` frames.
+
+        The keys and values of every layer for every position (the frames, the delay pattern's tail and
+        start token, and a melody model's prefix: its chroma and the text) and, for a text model, the
+        text's projected keys and values; at the dtype the decoder computes in.
+        """
+        cfg = self.model.decoder.config
+        fast = self.loop.fast
+        dtype = fast.compute_dtype if fast is not None else self.loaded.dtype
+        positions = min(frames, self.window_frames) + self.loop.max_delay + 1
+        if self.loaded.is_melody:
+            positions += int(self.model.config.chroma_length) + text_tokens
+            text_tokens = 0
+        return decoder_cache_bytes(int(cfg.num_hidden_layers), int(cfg.hidden_size),
+                                   torch.empty((), dtype=dtype).element_size(), rows, positions + text_tokens)
+
+    def text_tokens(self, *texts: str) -> int:
+        """The most tokens the text encoder reads of any of ``texts`` (at least 1)."""
+        limit = self.loaded.max_text_tokens
+        counts = [self.loaded.tokenizer.count(t) for t in texts if t.strip()]
+        most = max(counts, default=1)
+        return min(most, limit) if limit is not None else most
+
+    def free_device_memory(self) -> int | None:
+        """Bytes a CUDA device can still give this process (free, and what torch holds unused); None elsewhere."""
+        device = self.loaded.device
+        if device.type != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free) + int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device))
 
     def frames_for_samples(self, samples: int) -> int:
         """Frames whose decoded audio covers at least ``samples`` samples."""
