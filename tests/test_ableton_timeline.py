@@ -73,6 +73,14 @@ def _jam_clip(song, name="mg jam: lofi groove"):
 
 
 def test_an_arrangement_jam_writes_consecutive_bars_ahead_of_the_playhead(osc_server, tiny_bridge, live):
+    asked: list[dict] = []
+    make = tiny_bridge.make_request
+
+    def heard(mode, prompt, seconds, clip, options, clip_after=None):
+        asked.append(dict(options))
+        return make(mode, prompt, seconds, clip, options, clip_after)
+
+    tiny_bridge.make_request = heard
     server, _client = osc_server(bridge=tiny_bridge)
     song = fake_live.Song(tempo=120.0)
     _keys, clip = _jam_clip(song)
@@ -88,6 +96,7 @@ def test_an_arrangement_jam_writes_consecutive_bars_ahead_of_the_playhead(osc_se
     play.until(lambda: len(play.seen) >= 3, what="three segments")
     assert clip.name == "mg jam: lofi groove [jamming]"
     assert "/musicgen/jam/start 'lofi groove': 1 bars at 120 bpm" in session.requests()[0]
+    assert asked[0]["play"] is False and asked[0]["ahead_bars"] == 2  # files only, a segment and a bar ahead at most
     clip.name = "mg jam: dark techno"  # from the next segment on
     play.until(lambda: any("the jam takes the prompt 'dark techno'" in m for m in session.c_instance.messages))
     song.is_playing = False  # stopping the transport stops the jam

@@ -163,7 +163,8 @@ def test_jam_timeline_places_segments_on_consecutive_bars_and_keeps_them(daemon,
                                                   play_from=10.0, state=state, tracks=1))
     args = daemon.expect("/musicgen/jam/start")
     jam_id, jam_port = args[0], daemon.reply_port
-    assert args[1:] == ["lofi groove", "bpm", 120.0, "bars", 1, "beats_per_bar", 4, "play", 0]
+    assert args[1:] == ["lofi groove", "bpm", 120.0, "bars", 1, "beats_per_bar", 4, "play", 0, "ahead_bars", 2]
+    assert type(args[-1]) is int  # an OSC int: the bridge takes a whole number of bars
     daemon.reply("/musicgen/queued", jam_id, 0)
     segment = str(make_clip(seconds=2.0, rate=32000, channels=1, name="segment.wav"))  # one bar at 120 bpm
     for index in range(3):  # with issue 15's 4th argument, the session beat (-1: not synced)

@@ -14,6 +14,13 @@ The run-ahead: playback starts once ``PREROLL_SEGMENTS`` segments are queued (or
 it is shorter), so while one segment plays the next is already waiting and the one after has a whole
 segment's time, plus what is left of the playing one, to be generated. A hiccup of up to a segment
 (another program taking the CPU, a page fault storm) is absorbed instead of heard.
+
+A jam that writes files only (``play 0``) for a DAW's timeline is paced by ``ahead_bars``: it begins a
+segment no earlier than ``ahead_bars`` bars (at the tempo of the moment) before that segment is due, the
+first segment's arrival being its time zero, so a prompt changed with ``set`` is heard within that many
+bars instead of after everything a fast machine has run ahead. Where the machine needs longer, the lead
+is twice the slowest segment's making time (``LEAD_PER_GENERATION``, as the synced jam's), so every
+segment is still ready before it is due.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from bridge import audio
-from bridge.app.jam_sync import run_synced_jam
+from bridge import audio, tempo
+from bridge.app.jam_sync import LEAD_PER_GENERATION, run_synced_jam
 from bridge.app.link import BarClock
 from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
@@ -48,6 +55,7 @@ MIDI_CLOCK_WAIT = 10.0  # seconds a sync midi jam waits for clock pulses
 PREROLL_SEGMENTS = 2  # segments queued before playback starts on a machine faster than real time
 SLOW_MARGIN = 1.15  # pre-roll headroom over the measured speed
 _NEVER_BY_ITSELF = 1e9  # seconds: the runner, not the player, decides when playback starts
+PACE_POLL = 0.05  # seconds: how often a paced jam waiting for its next segment's time checks for a stop
 
 
 def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> float:
@@ -66,8 +74,9 @@ def preroll_for(speed: float, segment_seconds: float, total_seconds: float) -> f
 
 def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any | None = None,
             on_segment: Callable[[int, Path, float, float], None] | None = None, for_seconds: float | None = None,
-            record: Path | None = None, warn: Callable[[str], None] | None = None) -> JamTake:
-    """Generate segments until stopped (or ``for_seconds``), playing them through ``player`` if given."""
+            record: Path | None = None, warn: Callable[[str], None] | None = None, ahead_bars: int = 0) -> JamTake:
+    """Generate segments until stopped (or ``for_seconds``), playing them through ``player`` if given;
+    without a player, at most ``ahead_bars`` bars ahead of real time (0: as fast as it can)."""
     folder.mkdir(parents=True, exist_ok=True)
     rate = jam.engine.sample_rate
     take = JamTake(path=folder / "take.wav")
@@ -78,17 +87,25 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     warned = False
     queued = 0.0
     began = time.monotonic()
+    zero: float | None = None  # when the first segment was ready: the time the others are due from
     total = for_seconds if for_seconds is not None else 60.0  # what a pre-roll on a slow machine aims at
     if player is not None:
         player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)
     try:
         while not should_stop() and (for_seconds is None or audio_seconds < for_seconds):
+            if ahead_bars and player is None and zero is not None:
+                now = jam.settings
+                ahead = max(ahead_bars * float(tempo.bar_seconds(now.bpm, now.beats_per_bar)),
+                            LEAD_PER_GENERATION * max(take.generation_seconds))
+                if not _wait_until(zero + audio_seconds - ahead, should_stop):
+                    break
             try:
                 segment = jam.next_segment(is_cancelled=should_stop)
             except Cancelled:
                 break  # stopped mid-segment: the take ends with the last whole segment
             if take.first_audio_seconds is None:
-                take.first_audio_seconds = time.monotonic() - began
+                zero = time.monotonic()
+                take.first_audio_seconds = zero - began
             path = folder / f"segment-{segment.index:04d}.wav"
             audio.write_atomic(path, segment.audio, rate)
             take.segments.append(path)
@@ -139,6 +156,16 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
     return take
+
+
+def _wait_until(deadline: float, should_stop: Callable[[], bool]) -> bool:
+    """Sleep until ``deadline`` (monotonic seconds); False when told to stop first."""
+    while not should_stop():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(left, PACE_POLL))
+    return False
 
 
 class JamController:
@@ -251,7 +278,7 @@ class JamController:
                                    for_seconds=request.seconds, record=Path(record) if record else None, warn=warn)
             else:
                 take = run_jam(jam, folder, should_stop, on_segment=announce, for_seconds=request.seconds,
-                               record=Path(record) if record else None, warn=warn)
+                               record=Path(record) if record else None, warn=warn, ahead_bars=request.ahead_bars)
         finally:
             with self._lock:
                 self._jam = None

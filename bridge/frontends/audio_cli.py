@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
     jam.add_argument("--priority", default=None, help=PRIORITY_HELP)
     jam.add_argument("--output-dir", type=Path, default=None)
     jam.add_argument("--config", type=Path, default=None)
-    add_option_flags(jam, ("sync",), jam=True)
+    add_option_flags(jam, ("sync", "ahead_bars"), jam=True)
     add_link_argument(jam)
     jam.set_defaults(handler=_jam)
 
@@ -80,7 +80,7 @@ def _jam(args: argparse.Namespace) -> int:
     from bridge.compute import Launcher  # noqa: PLC0415
 
     config = config_from_args(args)
-    options = {**options_from_args(args, (*names("jam"), "sync")), "play": not args.no_play}
+    options = {**options_from_args(args, (*names("jam"), "sync", "ahead_bars")), "play": not args.no_play}
     if args.record is not None and not args.record.expanduser().parent.is_dir():
         raise BadArgs(f"--record {args.record}: the folder {args.record.expanduser().parent} does not exist: create "
                       "it or record somewhere else")

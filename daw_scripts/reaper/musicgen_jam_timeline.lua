@@ -55,6 +55,9 @@ function J.start(prompt, bars)
   local play = reaper.GetPlayPosition()
   local args = { id, prompt, table.unpack(mg.bar_options(bars, play)) }
   args[#args + 1] = "play"; args[#args + 1] = 0
+  -- the bridge makes the segments a segment and a bar ahead of real time at most: a prompt set with
+  -- musicgen_jam_set.lua is heard within that, not after all a fast machine could make ahead
+  args[#args + 1] = "ahead_bars"; args[#args + 1] = bars + 1
   local jam = { bars = bars, margin = T.margin(), placed = 0, track = nil }
   local udp, port = mg.open_udp(socket)
   local send = mg.sender(udp)

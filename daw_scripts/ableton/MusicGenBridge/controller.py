@@ -263,7 +263,9 @@ class Controller:
             if self._bridge_in_link:  # Live and the bridge share the Link session: its tempo and bar lines
                 tempo = ["bars", bars, "beats_per_bar", bar.beats_per_bar, "sync", "link"]
             play = self.settings.jam_play and job.timeline is None  # the Arrangement plays its own segments
-            args = [job.id, with_key(prompt, job.key), *tempo, "play", 1 if play else 0]
+            # files only, at its own tempo: a segment and a bar ahead of real time at most (a new name is heard soon)
+            pace: list[Value] = [] if play or self._bridge_in_link else ["ahead_bars", bars + 1]
+            args = [job.id, with_key(prompt, job.key), *tempo, "play", 1 if play else 0, *pace]
         elif kind == FILL:
             try:
                 job.gap = loopfill.find_gap(song, track, clip)
