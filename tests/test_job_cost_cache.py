@@ -59,7 +59,8 @@ def test_the_token_stage_is_the_cache_the_engine_allocates(tiny_bridge, monkeypa
     request, cost = _cost_of(tiny_bridge, "text", "warm pads", 1.0, options)
     tiny_bridge.run("cache", request, lambda _p: None, lambda: False)
     assert len(seen) == 1 and cost.stages["tokens"] == seen[0]
-    assert cost.peak_bytes == sum(cost.stages.values()) and cost.device_bytes == 0
+    after = cost.stages["decode"] + cost.stages["kept"] + cost.stages["post-process"]
+    assert cost.peak_bytes == max(cost.stages["tokens"], after) and cost.device_bytes == 0  # one after the other
 
 
 def test_a_melody_models_cache_counts_its_chroma_and_text_prefix(melody_engine, tmp_path, monkeypatch, make_clip):
@@ -110,11 +111,14 @@ class LargeOnCpu:
     asked: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
-    def cache_on_host(self) -> bool:
+    def works_on_host(self) -> bool:
         return self.on_host
 
     def frames_for_samples(self, samples: int) -> int:
         return -(-samples // self.hop)
+
+    def codec_bytes_per_sample(self) -> int:
+        return 1664  # the 32 kHz EnCodec's, as Engine.codec_bytes_per_sample measures it
 
     def cache_bytes(self, rows: int, frames: int, text_tokens: int) -> int:
         self.asked.append((rows, frames, text_tokens))
@@ -147,7 +151,7 @@ def test_on_a_gpu_the_cache_is_checked_against_the_gpus_free_memory_not_the_mach
     cost = job_cost(request, planning.plan(request, None, facts), None, facts, 12)
     assert "tokens" not in cost.stages and 17 * GB < cost.device_bytes < 18 * GB
     check_cost(cost, Limits(max_bytes=12 * GB))  # the machine's memory holds the rest
-    with pytest.raises(BadArgs, match=r"of GPU memory .* over the 16\.0 GB the GPU had free"):
+    with pytest.raises(BadArgs, match=r"17\.8 GB of GPU memory at its peak .* over the 16\.0 GB the GPU had free"):
         check_cost(cost, Limits(max_bytes=12 * GB, max_device_bytes=16 * GB))
     check_cost(cost, Limits(max_bytes=12 * GB, max_device_bytes=24 * GB))
 
@@ -160,5 +164,23 @@ def test_the_cache_is_one_window_at_most_however_long_the_job():
 
 
 def test_a_cpu_engine_has_no_gpu_limit(tiny_engine):
-    assert tiny_engine.free_device_memory() is None and tiny_engine.cache_on_host
+    assert tiny_engine.free_device_memory() is None and tiny_engine.works_on_host
     assert tiny_engine.text_tokens("", "  ") == 1 and tiny_engine.text_tokens("ab", "abcd") == 5
+
+
+def test_the_codecs_work_is_counted_and_on_a_gpu_it_is_the_gpus():
+    """The codec decodes every variation at once, its layers' activations far larger than the audio."""
+    request = _request(2, seconds=300.0)
+    host, gpu = LargeOnCpu(), LargeOnCpu(on_host=False)
+    on_host = job_cost(request, planning.plan(request, None, host), None, host, 12)
+    samples = planning.plan(request, None, host).frames * 640
+    assert on_host.stages["decode"] == 2 * samples * (1664 + 8)  # the codec at work, and the audio it gives
+    assert on_host.peak_bytes == max(on_host.stages["tokens"], on_host.stages["decode"] + on_host.stages["kept"]
+                                     + on_host.stages["post-process"])
+    on_gpu = job_cost(request, planning.plan(request, None, gpu), None, gpu, 12)
+    assert on_gpu.stages["decode"] == 2 * samples * 8 and on_gpu.device_bytes == 2 * samples * 1664
+
+
+def test_the_codecs_bytes_a_sample_are_measured_on_the_codec(tiny_engine):
+    # tiny-random's EnCodec (4 filters): its largest layer holds 12 floats a sample; doubled, plus 32
+    assert tiny_engine.codec_bytes_per_sample() == 4 * (2 * 12 + 32)

@@ -8,7 +8,9 @@ resampler and the loudness filter work in float64 = 8):
 
 - read: the clip's samples the job decodes (only the prompt's tail for a plain continuation), as
   float32, plus their resampling to the model's rate;
-- decode: every variation's audio at the model's rate, as the codec's tensor and its numpy copy;
+- decode: the codec at work on every variation at once (its layers' activations, measured once on the
+  codec: ``Engine.codec_bytes_per_sample``; about 1.7 kB a sample for the 32 kHz EnCodec, more than
+  the audio itself by far) and the audio it gives, at the model's rate;
 - kept: every finished variation at the output rate (the clip in front with ``include_prompt``);
 - post-process (one variation at a time): resampling to the output rate, the cut, fade, channel
   and loudness copies, and the transposed copy the file writer makes.
@@ -17,7 +19,11 @@ resampler and the loudness filter work in float64 = 8):
   fill's candidates when there are more of them) and its guidance row, over one window at most: often
   the largest stage (musicgen-large on the CPU in float32: about 1.1 GB a row for 30 s). It is counted in
   the machine's memory on the CPU; on a GPU it is checked against the GPU memory free when the model was
-  loaded (``Limits.max_device_bytes``), the rest against the machine's.
+  loaded (``Limits.max_device_bytes``), the rest against the machine's; so is the codec's work.
+
+The stages do not all live at once: the cache is let go before the codec runs, and the codec's
+working memory before the post-processing. The peak is the clip's part plus the largest of the token
+phase (the cache) and the rest (decode, kept and post-process together: a bound, not a sum of phases).
 """
 
 from __future__ import annotations
@@ -61,8 +67,10 @@ class ModelFacts(EngineFacts, Protocol):
     @property
     def channels(self) -> int: ...
 
+    def codec_bytes_per_sample(self) -> int: ...
+
     @property
-    def cache_on_host(self) -> bool: ...
+    def works_on_host(self) -> bool: ...
 
     def cache_bytes(self, rows: int, frames: int, text_tokens: int) -> int: ...
 
@@ -156,7 +164,8 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
             if request.include_prompt:
                 clip_out = math.ceil(clip.frames * plan.out_rate / clip.sample_rate)
     out_samples = plan.out_samples + clip_out
-    stages["decode"] = variations * model_ch * model_samples * F32 * 2
+    codec_work = variations * model_ch * model_samples * eng.codec_bytes_per_sample()
+    audio_out = variations * model_ch * model_samples * F32 * 2  # the codec's tensor and its numpy copy
     kept = variations * out_ch * out_samples * F32
     stages["kept"] = kept * (2 if request.stream else 1)  # streaming keeps the chunks and joins them
     resample = model_ch * (model_samples * F64 + math.ceil(model_samples * plan.out_rate / eng.sample_rate) * F64)
@@ -166,11 +175,14 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
     stages["post-process"] = resample + copies
     tokens = eng.cache_bytes(*cache_shape(request, plan, eng), max(1, text_tokens))
     device_bytes = 0
-    if eng.cache_on_host:
+    if eng.works_on_host:
         stages["tokens"] = tokens
-    else:
-        device_bytes = tokens
-    peak = sum(stages.values())
+        stages["decode"] = codec_work + audio_out
+    else:  # the cache and the codec's work are in the GPU's memory, one after the other
+        device_bytes = max(tokens, codec_work)
+        stages["decode"] = audio_out
+    after_tokens = stages["decode"] + stages["kept"] + stages["post-process"]
+    peak = stages.get("read", 0) + max(stages.get("tokens", 0), after_tokens)
     samples = variations * out_ch * out_samples
     seconds = out_samples / plan.out_rate
     shape = (f"{seconds:.0f} s x {plan.out_rate} Hz x {out_ch} channel{'s' if out_ch != 1 else ''} x "
@@ -194,9 +206,10 @@ def check_cost(cost: Cost, limits: Limits) -> None:
                       f"{_size(limits.max_bytes)} a job (serve --max-job-memory): "
                       f"{fewer_rows if heaviest == 'tokens' else instead}")
     if limits.max_device_bytes is not None and cost.device_bytes > limits.max_device_bytes:
-        raise BadArgs(f"this job's decoder cache would take about {_size(cost.device_bytes)} of GPU memory "
-                      f"({cost.shape}), over the {_size(limits.max_device_bytes)} the GPU had free after the model "
-                      f"was loaded: {fewer_rows}")
+        raise BadArgs(f"this job would take about {_size(cost.device_bytes)} of GPU memory at its peak (the "
+                      f"decoder's cache, then the codec at work; {cost.shape}), over the "
+                      f"{_size(limits.max_device_bytes)} the GPU had free after the model was loaded: ask for fewer "
+                      "variations (a loop or a fill: fewer candidates) or a shorter length, or run a smaller model")
 
 
 def _size(n: int) -> str:
