@@ -8,9 +8,9 @@ resampler and the loudness filter work in float64 = 8):
 
 - read: the clip's samples the job decodes (only the prompt's tail for a plain continuation), as
   float32, plus their resampling to the model's rate;
-- decode: the codec at work on every variation at once (its layers' activations, measured once on the
-  codec: ``Engine.codec_bytes_per_sample``; about 1.7 kB a sample for the 32 kHz EnCodec, more than
-  the audio itself by far) and the audio it gives, at the model's rate;
+- decode: the codec at work on one variation and channel at a time (its layers' activations, measured
+  once on the codec: ``Engine.codec_bytes_per_sample``; about 1.7 kB a sample for the 32 kHz EnCodec,
+  more than the audio itself by far) and every variation's audio it gives, at the model's rate;
 - kept: every finished variation at the output rate (the clip in front with ``include_prompt``);
 - post-process (one variation at a time): resampling to the output rate, the cut, fade, channel
   and loudness copies, and the transposed copy the file writer makes.
@@ -164,7 +164,7 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
             if request.include_prompt:
                 clip_out = math.ceil(clip.frames * plan.out_rate / clip.sample_rate)
     out_samples = plan.out_samples + clip_out
-    codec_work = variations * model_ch * model_samples * eng.codec_bytes_per_sample()
+    codec_work = model_samples * eng.codec_bytes_per_sample()  # one variation and channel at a time
     audio_out = variations * model_ch * model_samples * F32 * 2  # the codec's tensor and its numpy copy
     kept = variations * out_ch * out_samples * F32
     stages["kept"] = kept * (2 if request.stream else 1)  # streaming keeps the chunks and joins them
