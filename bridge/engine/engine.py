@@ -61,9 +61,10 @@ class Engine:
         self.window_frames = min(window_frames or loaded.max_frames, loaded.max_frames)
         stride = round(extend_stride_seconds * loaded.frame_rate)
         self.stride_frames = max(1, min(stride, self.window_frames - 1))
-        self._codec_bytes: int | None = None
         self.loop = TokenLoop(self.model.decoder, loaded.num_codebooks, loaded.channels, loaded.pad_token_id,
                               fast=FastDecoder(self.model.decoder, loaded.precision))
+        # measured now, before any worker decodes: the hooks it sets would hear another thread's decode too
+        self._codec_bytes = 4 * (2 * self._codec_floats_per_sample() + CODEC_OUTPUT_FLOATS)
 
     # -- facts ------------------------------------------------------------------------------
     @property
@@ -107,14 +108,12 @@ class Engine:
     def codec_bytes_per_sample(self) -> int:
         """Bytes the codec holds while it decodes, per output sample of one variation and channel.
 
-        Measured once on the codec itself: every layer's input and output while it runs (and a residual
+        Measured once on the codec itself, when the engine is made: every layer's input and output while it runs (and a residual
         block's input, kept for its shortcut), at their largest, found with forward hooks on a 16-frame
         decode; doubled for the padded copy a convolution makes of its input and its workspace, plus 32
         floats for the output's copies. On an Intel Xeon that came to 1.3x the resident memory a decode
         really took with the 32 kHz EnCodec (1,664 against 1,290 bytes a sample), 1.1-1.4x with tiny-random's.
         """
-        if self._codec_bytes is None:
-            self._codec_bytes = 4 * (2 * self._codec_floats_per_sample() + CODEC_OUTPUT_FLOATS)
         return self._codec_bytes
 
     def _codec_floats_per_sample(self) -> int:
