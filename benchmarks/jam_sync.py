@@ -212,13 +212,11 @@ def _analyse(take: Any, chunks: list[Any], seen: dict[str, int], warnings: list[
 
 
 def _ns_per_frame(times: np.ndarray, centre: float | None, rate: int) -> float:
-    """The device clock as its callbacks ran it (ns per frame, a line fitted after the fact): over the second
-    either side of frame ``centre`` (the middle of the filter's last window), or over the whole take. The
-    JACK dummy driver sleeps between periods, so on a busy machine its clock runs slow by a fraction of a
-    percent: the filter is judged against this, not against the nominal rate."""
-    near = times if centre is None else times[np.abs(times[:, 0] - centre) <= rate]
-    slope, _intercept = np.polyfit(near[:, 0].astype(np.float64), near[:, 1].astype(np.float64), 1)
-    return float(slope)
+    """The device clock as its callbacks ran it (ns per frame): over the second either side of frame
+    ``centre`` (the middle of the filter's last window), or over the whole take. The JACK dummy driver
+    sleeps between periods, so on a busy machine its clock runs slow by a fraction of a percent: the
+    filter is judged against this, not against the nominal rate."""
+    return _callback_line(times, centre, rate)[0]
 
 
 def _glide_per_bar(log: list[tuple[int, float]], bar_frames: int) -> list[float]:
@@ -236,11 +234,17 @@ def _glide_per_bar(log: list[tuple[int, float]], bar_frames: int) -> list[float]
 def _local_time(times: np.ndarray, frame: int, rate: int) -> float:
     """When device frame ``frame`` was heard: a line fitted to the callbacks within a second either side of it
     (after the fact, from both sides: an estimate the online filter, which sees only the past, did not have)."""
-    near = times[np.abs(times[:, 0] - frame) <= rate]
-    frames = near[:, 0].astype(np.float64) - frame
+    return _callback_line(times, frame, rate)[1]
+
+
+def _callback_line(times: np.ndarray, centre: float | None, rate: int) -> tuple[float, float]:
+    """(ns per frame, host ns at ``centre``): a line fitted after the fact to the callbacks' (device frame,
+    host ns) within a second either side of frame ``centre``, or to all of them (then at frame 0)."""
+    near = times if centre is None else times[np.abs(times[:, 0] - centre) <= rate]
+    frames = near[:, 0].astype(np.float64) - (centre or 0.0)
     hosts = near[:, 1].astype(np.float64)
-    _slope, intercept = np.polyfit(frames, hosts - hosts.mean(), 1)
-    return float(intercept + hosts.mean())
+    slope, intercept = np.polyfit(frames, hosts - hosts.mean(), 1)
+    return float(slope), float(intercept + hosts.mean())
 
 
 def follow(report: dict[str, Any]) -> tuple[int | None, int | None]:

@@ -239,8 +239,8 @@ _TABLE = (
            "free) the most bars it runs ahead of real time from its first segment on: it waits before making one "
            "further ahead, so in a DAW's timeline a new prompt is heard within that many bars (or twice its slowest "
            "segment's making time, where that is longer: each segment is still ready in time); 0 makes them as "
-           "fast as the machine can (a playing jam is paced by its device, a synced one by its clock)", frozenset(("job",)), "a whole number of bars, e.g. 2 "
-           "(0: no limit)", "jam", low=0, high=64),
+           "fast as the machine can (a playing jam is paced by its device, a synced one by its clock)",
+           frozenset(("job",)), "a whole number of bars, e.g. 2 (0: no limit)", "jam", low=0, high=64),
 )
 
 #: the one option table: name -> :class:`Option`, in the order help and the README list them
@@ -430,9 +430,9 @@ class Request:
         if self.mode != "jam":
             self._validate_length()
         elif self.ahead_bars and (self.play or self.sync != "free"):
-            raise BadArgs(f"ahead_bars paces a jam that writes files only: give play 0 (on the command line "
-                          f"--no-play) and sync free, or drop "
-                          f"ahead_bars ({'the device paces a playing jam' if self.play else 'its clock paces a synced jam'})")
+            pacer = "the device paces a playing jam" if self.play else "its clock paces a synced jam"
+            raise BadArgs("ahead_bars paces a jam that writes files only: give play 0 (on the command line "
+                          f"--no-play) and sync free, or drop ahead_bars ({pacer})")
         if self.key is not None and not _KEY.fullmatch(self.key):
             raise BadArgs(f"key must be a note and a scale in words, e.g. 'A minor' or 'F# dorian', got {self.key!r}")
         for spec in _TABLE:

@@ -113,7 +113,7 @@ class Cost:
     stages: dict[str, int]
     peak_bytes: int
     shape: str  # "600 s x 192000 Hz x 1 channel x 8 variations"
-    device_bytes: int = 0  # the decoder's cache in a GPU's memory (0 on the CPU: it is a stage there)
+    device_bytes: int = 0  # on a GPU: the larger of the decoder's cache and the codec's work (0 on the CPU)
 
 
 def prompt_tail_seconds(request: Request, plan: Plan, eng: EngineFacts) -> float | None:

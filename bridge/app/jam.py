@@ -94,8 +94,8 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     try:
         while not should_stop() and (for_seconds is None or audio_seconds < for_seconds):
             if ahead_bars and player is None and zero is not None:
-                now = jam.settings
-                ahead = max(ahead_bars * float(tempo.bar_seconds(now.bpm, now.beats_per_bar)),
+                current = jam.settings
+                ahead = max(ahead_bars * float(tempo.bar_seconds(current.bpm, current.beats_per_bar)),
                             LEAD_PER_GENERATION * max(take.generation_seconds))
                 if not _wait_until(zero + audio_seconds - ahead, should_stop):
                     break

@@ -102,21 +102,23 @@ class Engine:
         if self.loaded.is_melody:
             positions += int(self.model.config.chroma_length) + text_tokens
             text_tokens = 0
-        return decoder_cache_bytes(int(cfg.num_hidden_layers), int(cfg.hidden_size),
-                                   torch.empty((), dtype=dtype).element_size(), rows, positions + text_tokens)
+        return decoder_cache_bytes(int(cfg.num_hidden_layers), int(cfg.hidden_size), dtype.itemsize, rows,
+                                   positions + text_tokens)
 
     def codec_bytes_per_sample(self) -> int:
         """Bytes the codec holds while it decodes, per output sample of one variation and channel.
 
-        Measured once on the codec itself, when the engine is made: every layer's input and output while it runs (and a residual
-        block's input, kept for its shortcut), at their largest, found with forward hooks on a 16-frame
-        decode; doubled for the padded copy a convolution makes of its input and its workspace, plus 32
+        Measured once on the codec itself, when the engine is made: every layer's input and output while it
+        runs (and a residual block's input, kept for its shortcut), at their largest, found with forward hooks
+        on a 16-frame decode; doubled for the padded copy a convolution makes of its input and its workspace, plus 32
         floats for the output's copies. On an Intel Xeon that came to 1.3x the resident memory a decode
         really took with the 32 kHz EnCodec (1,664 against 1,290 bytes a sample), 1.1-1.4x with tiny-random's.
         """
         return self._codec_bytes
 
     def _codec_floats_per_sample(self) -> int:
+        from transformers.models.encodec.modeling_encodec import EncodecResnetBlock  # noqa: PLC0415
+
         codec = self.model.audio_encoder
         peak, held = [0], []
 
@@ -126,11 +128,11 @@ class Engine:
             return sum(size(t) for t in x) if isinstance(x, (tuple, list)) else 0
 
         def before(module: torch.nn.Module, inputs: Any) -> None:
-            if "Resnet" in type(module).__name__:
+            if isinstance(module, EncodecResnetBlock):
                 held.append(size(inputs))
 
         def after(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if "Resnet" in type(module).__name__:
+            if isinstance(module, EncodecResnetBlock):
                 held.pop()
             if not any(True for _ in module.children()):
                 peak[0] = max(peak[0], size(inputs) + size(output) + sum(held))
@@ -293,24 +295,19 @@ class Engine:
         (``codec_bytes_per_sample``), are held for one, not for every variation at once. The samples
         differ from a batched decode's by float rounding only (about 1e-7).
         """
-        batch = codes.shape[0]
-        out: np.ndarray | None = None
-        for i in range(batch):
-            one = self._decode_one(codes[i:i + 1])
-            if out is None:
-                out = np.empty((batch, *one.shape[1:]), dtype=np.float32)
-            out[i] = one[0]
-        if out is None:
-            raise ValueError("no codes to decode")
+        first = self._decode_one(codes[:1])
+        out = np.empty((codes.shape[0], *first.shape[1:]), dtype=np.float32)
+        out[0] = first[0]
+        for i in range(1, codes.shape[0]):
+            out[i] = self._decode_one(codes[i:i + 1])[0]
         return out
 
     def _decode_one(self, codes: torch.Tensor) -> np.ndarray:
+        """(1, channels, samples) from one variation's codes (1, K, frames); a stereo model's codebooks alternate."""
         codec = self.model.audio_encoder
-        if self.channels == 2:
-            left = codec.decode(codes[None, :, ::2], audio_scales=[None]).audio_values.float().cpu().numpy()
-            right = codec.decode(codes[None, :, 1::2], audio_scales=[None]).audio_values.float().cpu().numpy()
-            return np.concatenate([left, right], axis=1)
-        return codec.decode(codes[None], audio_scales=[None]).audio_values.float().cpu().numpy()
+        halves = [codes[None, :, ::2], codes[None, :, 1::2]] if self.channels == 2 else [codes[None]]
+        return np.concatenate([codec.decode(h, audio_scales=[None]).audio_values.float().cpu().numpy()
+                               for h in halves], axis=1)
 
     def melody_chroma(self, wave: np.ndarray, frames: int) -> torch.Tensor:
         """One-hot chroma (1, T, 12) of a mono mixdown, as transformers' melody feature extractor makes it,
