@@ -107,7 +107,7 @@ def scenario(bars: int, change_after: int, first_bpm: float, second_bpm: float, 
         app = App.build(Config(model="tiny-random", output_dir=out, link=True))
         link = app.link
         assert link is not None
-        _wait(lambda: link.peers() >= 1 and abs(link.raw_tempo() - first_bpm) < 0.01, 20, "the Link peer")
+        _wait(lambda: link.peers() >= 1 and abs(link.raw_tempo() - first_bpm) < 0.01, 60, "the Link peer")
         if stop_after:
             peer.say("play 1")  # the set plays (Link start/stop sync)
             _wait(link.playing, 20, "the set to play")

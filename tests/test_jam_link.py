@@ -107,6 +107,13 @@ def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_lin
     assert abs(1e9 / report["device_ns_per_frame_whole_take"] - device_rate) < 0.03 * device_rate
 
 
+ALONE_CHECK = r"""
+from bridge.app.link import LinkSession
+alone = LinkSession.join()
+print(alone.caveat())
+alone.close()
+"""
+
 PEER_CHECKS = r"""
 import json, subprocess, sys, time
 from bridge.app.link import LinkSession
@@ -114,18 +121,15 @@ from bridge.app.bridge import check_sync
 from bridge.errors import BadArgs
 from bridge.options import Request
 said = []
-alone = LinkSession.join()
-alone._warn = said.append
-out = {"alone": alone.caveat()}
-alone.close()
+out = {}
 peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
 assert peer.stdout.readline().strip() == "ready"
 session = LinkSession.join()
 session._warn = said.append
-deadline = time.monotonic() + 20
+deadline = time.monotonic() + 60
 while session.peers() < 1 or abs(session.raw_tempo() - 97) > 0.01:
-    assert time.monotonic() < deadline, "no peer"
+    assert time.monotonic() < deadline, f"not in the session of the peer: {session.peers()} peers, {session.raw_tempo()} bpm"
     time.sleep(0.01)
 out["adopted"] = session.tempo()
 out["with_peer"] = session.caveat()
@@ -135,7 +139,7 @@ except BadArgs as exc:
     out["bpm_refused"] = exc.message
 peer.stdin.write("tempo 999\n"); peer.stdin.flush(); peer.stdout.readline()
 while session.raw_tempo() < 998:
-    assert time.monotonic() < deadline + 20, "no tempo change"
+    assert time.monotonic() < deadline + 60, f"no tempo change: {session.raw_tempo()} bpm"
     time.sleep(0.01)
 out["clamped"] = [session.tempo(), session.tempo()]
 out["warnings"] = said
@@ -152,10 +156,15 @@ print(json.dumps(out))
 
 @needs_netns
 def test_the_session_tempo_is_adopted_a_broken_peers_tempo_is_clamped_once_and_bpm_is_refused():
-    done = in_netns(f"{sys.executable} -c '{PEER_CHECKS}'", timeout=120)
+    # alone first, in a namespace of its own: a session left behind (its disable is asynchronous in Link)
+    # would be older than the peer's, and the peer would join it at 120 bpm
+    alone = in_netns(f"{sys.executable} -c '{ALONE_CHECK}'", timeout=120)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert alone.stdout.strip().splitlines()[-1].startswith(
+        "no other Link peer in the session: the jam plays at the session's own tempo")
+    done = in_netns(f"{sys.executable} -c '{PEER_CHECKS}'", timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["alone"].startswith("no other Link peer in the session: the jam plays at the session's own tempo")
     assert out["adopted"] == 97.0 and out["with_peer"] is None  # 96.99995 on the wire: what the set said
     assert "bpm 100 cannot be given with sync link: the Link session sets the tempo" in out["bpm_refused"]
     assert out["clamped"] == [400.0, 400.0]
@@ -235,7 +244,8 @@ def expect(address, deadline=60):
 
 out = {"link_line": link_line.strip()}
 state = None
-for _ in range(200):
+joined_by = time.monotonic() + 60  # Link measures a new peer's session before joining it: slow on a busy machine
+while time.monotonic() < joined_by:
     send("/musicgen/link")
     state = expect("/musicgen/link")
     if state[1] >= 1 and abs(state[2] - 97) < 0.01:
@@ -259,7 +269,7 @@ print(json.dumps(out))
 def test_serve_with_link_answers_link_state_and_jams_on_the_sessions_bar_lines(tmp_path):
     script = tmp_path / "serve_checks.py"
     script.write_text(f"OUT = {json.dumps(str(tmp_path / 'out'))}\n" + SERVE_CHECKS, encoding="utf-8")
-    done = in_netns(f"{sys.executable} {script}", timeout=200)
+    done = in_netns(f"{sys.executable} {script}", timeout=260)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["link_line"].startswith("Ableton Link: in the session")
