@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge.app import planning
-from bridge.app.budget import Limits, check_cost, job_cost
+from bridge.app.budget import Limits, check_cost, decode_frames, job_cost
 from bridge.app.requests import build_request
 from bridge.engine import Engine
 from bridge.engine.engine import decoder_cache_bytes
@@ -96,6 +96,44 @@ def test_a_fills_cache_is_bounded_by_the_window(tiny_bridge, monkeypatch, make_c
     tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
     assert seen and sum(seen) <= cost.stages["tokens"]
     assert cost.stages["tokens"] == tiny_bridge.engine.cache_bytes(8, tiny_bridge.engine.window_frames, 7)
+
+
+def _watch_decodes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The frames of every code sequence the engine's codec decodes."""
+    seen: list[int] = []
+    real_decode = engine.decode
+
+    def decode(codes: Any) -> Any:
+        seen.append(int(codes.shape[-1]))
+        return real_decode(codes)
+
+    monkeypatch.setattr(engine, "decode", decode)
+    return seen
+
+
+@pytest.mark.parametrize("seconds", [1.0, 3.0])  # as long as the context on each side, and longer
+def test_a_loops_decode_is_counted_with_its_context_on_both_sides(tiny_bridge, monkeypatch, seconds):
+    decoded = _watch_decodes(tiny_bridge.engine, monkeypatch)
+    request, cost = _cost_of(tiny_bridge, "loop", "warm pads", seconds, {"candidates": 2})
+    plan = planning.plan(request, None, tiny_bridge.engine)
+    tiny_bridge.run("loop", request, lambda _p: None, lambda: False)
+    [frames] = decoded
+    estimate = decode_frames(request, plan, tiny_bridge.engine)
+    assert frames > plan.frames and frames <= estimate <= frames + 1  # the plan's frames are rounded up
+    eng = tiny_bridge.engine
+    assert cost.stages["decode"] == estimate * eng.hop * (eng.codec_bytes_per_sample() + 2 * 4 * eng.channels)
+
+
+def test_a_fills_decode_is_counted_with_the_clips_around_it(tiny_bridge, monkeypatch, make_clip):
+    decoded = _watch_decodes(tiny_bridge.engine, monkeypatch)
+    before = make_clip(seconds=2.0, rate=32000, channels=1, name="before.wav")
+    after = make_clip(seconds=2.0, rate=32000, channels=1, name="after.wav")
+    request = tiny_bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": 2},
+                                       clip_after=str(after))
+    plan = planning.plan(request, None, tiny_bridge.engine)
+    tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
+    [frames] = decoded
+    assert plan.frames < frames <= decode_frames(request, plan, tiny_bridge.engine) <= frames + 8
 
 
 @dataclass

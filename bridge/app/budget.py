@@ -10,7 +10,8 @@ resampler and the loudness filter work in float64 = 8):
   float32, plus their resampling to the model's rate;
 - decode: the codec at work on one variation and channel at a time (its layers' activations, measured
   once on the codec: ``Engine.codec_bytes_per_sample``; about 1.7 kB a sample for the 32 kHz EnCodec,
-  more than the audio itself by far) and every variation's audio it gives, at the model's rate;
+  more than the audio itself by far) and every variation's audio it gives, at the model's rate, over
+  what it decodes: a loop's and a fill's context around their frames too (up to 2 s more);
 - kept: every finished variation at the output rate (the clip in front with ``include_prompt``);
 - post-process (one variation at a time): resampling to the output rate, the cut, fade, channel
   and loudness copies, and the transposed copy the file writer makes.
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.app.planning import EngineFacts, Plan
+from bridge.engine.loops import DECODE_CONTEXT_SECONDS, HEAD_SECONDS
 from bridge.errors import BadArgs
 from bridge.options import MAX_SECONDS, MAX_VARIATIONS, Request
 
@@ -144,6 +146,21 @@ def cache_shape(request: Request, plan: Plan, eng: EngineFacts) -> tuple[int, in
     return guided * max(1, request.variations), plan.frames
 
 
+#: the codebooks' delay a fill's head carries, in frames: at most 8 (codebooks - 1, stereo has 8)
+DELAY_FRAMES_BOUND = 8
+
+
+def decode_frames(request: Request, plan: Plan, eng: EngineFacts) -> int:
+    """Frames the codec decodes for one variation: the job's own, and for a loop or a fill the context
+    around them (a loop's context is its own end and start, so no more than its length on each side)."""
+    if request.mode == "loop":  # its end before it and its start after it
+        return plan.frames + 2 * min(plan.frames, math.ceil(DECODE_CONTEXT_SECONDS * eng.frame_rate))
+    if request.mode == "infill":  # the first clip's last second before it, the second clip's head after it
+        sides = math.ceil(DECODE_CONTEXT_SECONDS * eng.frame_rate) + math.ceil(HEAD_SECONDS * eng.frame_rate)
+        return plan.frames + sides + DELAY_FRAMES_BOUND
+    return plan.frames
+
+
 def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFacts, text_tokens: int = 1) -> Cost:
     """The samples ``request`` writes and the memory it holds, stage by stage (see the module docstring).
 
@@ -164,8 +181,9 @@ def job_cost(request: Request, plan: Plan, clip: ClipShape | None, eng: ModelFac
             if request.include_prompt:
                 clip_out = math.ceil(clip.frames * plan.out_rate / clip.sample_rate)
     out_samples = plan.out_samples + clip_out
-    codec_work = model_samples * eng.codec_bytes_per_sample()  # one variation and channel at a time
-    audio_out = variations * model_ch * model_samples * F32 * 2  # the codec's tensor and its numpy copy
+    decoded = decode_frames(request, plan, eng) * eng.hop  # a loop's or a fill's context too
+    codec_work = decoded * eng.codec_bytes_per_sample()  # one variation and channel at a time
+    audio_out = variations * model_ch * decoded * F32 * 2  # the codec's tensor and its numpy copy
     kept = variations * out_ch * out_samples * F32
     stages["kept"] = kept * (2 if request.stream else 1)  # streaming keeps the chunks and joins them
     resample = model_ch * (model_samples * F64 + math.ceil(model_samples * plan.out_rate / eng.sample_rate) * F64)
