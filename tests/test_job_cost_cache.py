@@ -85,13 +85,18 @@ def test_a_loops_bridges_are_counted_in_one_batch_of_candidates_beside_their_sha
     assert bridges + shared <= cost.stages["tokens"] <= 1.5 * (bridges + shared)  # a bound, and not a loose one
 
 
-def test_a_fills_cache_is_bounded_by_the_window(tiny_bridge, monkeypatch, make_clip):
-    seen = _watch_states(tiny_bridge.engine, monkeypatch)
+def _fill(bridge: Any, make_clip: Any, candidates: int) -> tuple[Any, planning.Plan]:
+    """A 1 s fill between two 2 s clips, and its plan."""
     before = make_clip(seconds=2.0, rate=32000, channels=1, name="before.wav")
     after = make_clip(seconds=2.0, rate=32000, channels=1, name="after.wav")
-    request = tiny_bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": 3},
-                                       clip_after=str(after))
-    plan = planning.plan(request, None, tiny_bridge.engine)
+    request = bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": candidates},
+                                  clip_after=str(after))
+    return request, planning.plan(request, None, bridge.engine)
+
+
+def test_a_fills_cache_is_bounded_by_the_window(tiny_bridge, monkeypatch, make_clip):
+    seen = _watch_states(tiny_bridge.engine, monkeypatch)
+    request, plan = _fill(tiny_bridge, make_clip, 3)
     cost = job_cost(request, plan, None, tiny_bridge.engine, tiny_bridge.engine.text_tokens(plan.text))
     tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
     assert seen and sum(seen) <= cost.stages["tokens"]
@@ -126,11 +131,7 @@ def test_a_loops_decode_is_counted_with_its_context_on_both_sides(tiny_bridge, m
 
 def test_a_fills_decode_is_counted_with_the_clips_around_it(tiny_bridge, monkeypatch, make_clip):
     decoded = _watch_decodes(tiny_bridge.engine, monkeypatch)
-    before = make_clip(seconds=2.0, rate=32000, channels=1, name="before.wav")
-    after = make_clip(seconds=2.0, rate=32000, channels=1, name="after.wav")
-    request = tiny_bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": 2},
-                                       clip_after=str(after))
-    plan = planning.plan(request, None, tiny_bridge.engine)
+    request, plan = _fill(tiny_bridge, make_clip, 2)
     tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
     [frames] = decoded
     assert plan.frames < frames <= decode_frames(request, plan, tiny_bridge.engine) <= frames + 8
