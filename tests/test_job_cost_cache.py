@@ -75,34 +75,6 @@ def test_a_melody_models_cache_counts_its_chroma_and_text_prefix(melody_engine, 
     assert len(seen) == 1 and cost.stages["tokens"] == seen[0]
 
 
-def test_a_loops_bridges_are_counted_in_one_batch_of_candidates_beside_their_shared_context(tiny_bridge,
-                                                                                           monkeypatch):
-    seen = _watch_states(tiny_bridge.engine, monkeypatch)
-    request, cost = _cost_of(tiny_bridge, "loop", "warm pads", 2.0, {"candidates": 6})
-    tiny_bridge.run("loop", request, lambda _p: None, lambda: False)
-    body, bridges, shared = seen  # the body; the candidates' bridges and, beside them, their context read once
-    assert bridges > body
-    assert bridges + shared <= cost.stages["tokens"] <= 1.5 * (bridges + shared)  # a bound, and not a loose one
-
-
-def _fill(bridge: Any, make_clip: Any, candidates: int) -> tuple[Any, planning.Plan]:
-    """A 1 s fill between two 2 s clips, and its plan."""
-    before = make_clip(seconds=2.0, rate=32000, channels=1, name="before.wav")
-    after = make_clip(seconds=2.0, rate=32000, channels=1, name="after.wav")
-    request = bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": candidates},
-                                  clip_after=str(after))
-    return request, planning.plan(request, None, bridge.engine)
-
-
-def test_a_fills_cache_is_bounded_by_the_window(tiny_bridge, monkeypatch, make_clip):
-    seen = _watch_states(tiny_bridge.engine, monkeypatch)
-    request, plan = _fill(tiny_bridge, make_clip, 3)
-    cost = job_cost(request, plan, None, tiny_bridge.engine, tiny_bridge.engine.text_tokens(plan.text))
-    tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
-    assert seen and sum(seen) <= cost.stages["tokens"]
-    assert cost.stages["tokens"] == tiny_bridge.engine.cache_bytes(8, tiny_bridge.engine.window_frames, 7)
-
-
 def _watch_decodes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The frames of every code sequence the engine's codec decodes."""
     seen: list[int] = []
@@ -116,23 +88,37 @@ def _watch_decodes(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]
     return seen
 
 
-@pytest.mark.parametrize("seconds", [1.0, 3.0])  # as long as the context on each side, and longer
-def test_a_loops_decode_is_counted_with_its_context_on_both_sides(tiny_bridge, monkeypatch, seconds):
+def test_a_loops_bridges_are_counted_in_one_batch_beside_their_context_and_its_decode_with_the_wrap(
+        tiny_bridge, monkeypatch):
+    seen = _watch_states(tiny_bridge.engine, monkeypatch)
     decoded = _watch_decodes(tiny_bridge.engine, monkeypatch)
-    request, cost = _cost_of(tiny_bridge, "loop", "warm pads", seconds, {"candidates": 2})
-    plan = planning.plan(request, None, tiny_bridge.engine)
+    request, cost = _cost_of(tiny_bridge, "loop", "warm pads", 2.0, {"candidates": 6})
     tiny_bridge.run("loop", request, lambda _p: None, lambda: False)
+    body, bridges, shared = seen  # the body; the candidates' bridges and, beside them, their context read once
+    assert bridges > body
+    assert bridges + shared <= cost.stages["tokens"] <= 1.5 * (bridges + shared)  # a bound, and not a loose one
+    # the codec decodes the loop with a second of its end before it and of its start after it: counted
+    eng, plan = tiny_bridge.engine, planning.plan(request, None, tiny_bridge.engine)
     [frames] = decoded
-    estimate = decode_frames(request, plan, tiny_bridge.engine)
+    estimate = decode_frames(request, plan, eng)
     assert frames > plan.frames and frames <= estimate <= frames + 1  # the plan's frames are rounded up
-    eng = tiny_bridge.engine
     assert cost.stages["decode"] == estimate * eng.hop * (eng.codec_bytes_per_sample() + 2 * 4 * eng.channels)
 
 
-def test_a_fills_decode_is_counted_with_the_clips_around_it(tiny_bridge, monkeypatch, make_clip):
+def test_a_fills_cache_is_bounded_by_the_window_and_its_decode_counts_the_clips_around_it(tiny_bridge,
+                                                                                         monkeypatch, make_clip):
+    seen = _watch_states(tiny_bridge.engine, monkeypatch)
     decoded = _watch_decodes(tiny_bridge.engine, monkeypatch)
-    request, plan = _fill(tiny_bridge, make_clip, 2)
+    before = make_clip(seconds=2.0, rate=32000, channels=1, name="before.wav")
+    after = make_clip(seconds=2.0, rate=32000, channels=1, name="after.wav")
+    request = tiny_bridge.make_request("infill", "a fill", 1.0, str(before), {"candidates": 3},
+                                       clip_after=str(after))
+    plan = planning.plan(request, None, tiny_bridge.engine)
+    cost = job_cost(request, plan, None, tiny_bridge.engine, tiny_bridge.engine.text_tokens(plan.text))
     tiny_bridge.run("fill", request, lambda _p: None, lambda: False)
+    assert seen and sum(seen) <= cost.stages["tokens"]
+    assert cost.stages["tokens"] == tiny_bridge.engine.cache_bytes(8, tiny_bridge.engine.window_frames, 7)
+    # the codec decodes the fill with the first clip's last second before it and the second's head after it
     [frames] = decoded
     assert plan.frames < frames <= decode_frames(request, plan, tiny_bridge.engine) <= frames + 8
 
