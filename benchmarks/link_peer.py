@@ -2,7 +2,7 @@
 
 ``python benchmarks/link_peer.py 97`` joins (or starts) the Link session at 97 bpm with start/stop sync,
 prints ``ready`` once its session is a second old, then obeys lines on stdin: ``tempo 110`` (prints ``tempo 110``), ``play 1``/``play 0``
-(prints ``play 1``), ``quit``. Run it inside a private network namespace (``unshare -rn``), never on the
+(prints ``play 1``), ``state`` (prints ``state <its tempo> <other peers>``), ``quit``. Run it inside a private network namespace (``unshare -rn``), never on the
 machine's network: Link finds peers by UDP multicast.
 """
 
@@ -30,6 +30,9 @@ def main(argv: list[str]) -> int:
             break
         state = session.captureAppSessionState()
         now = session.clock().micros()
+        if words[0] == "state":  # what the DAW's own display would show
+            print(f"state {state.tempo():.3f} {session.numPeers()}", flush=True)
+            continue
         if words[0] == "tempo":
             state.setTempo(float(words[1]), now)
         elif words[0] == "play":

@@ -88,7 +88,7 @@ def _script_names() -> set[str]:
 
 # What the script uses of each Live class (kept honest by the last test below).
 USES = {
-    "Song": {"tempo", "signature_numerator", "signature_denominator", "tracks", "scenes", "create_audio_track",
+    "Song": {"tempo", "is_ableton_link_enabled", "signature_numerator", "signature_denominator", "tracks", "scenes", "create_audio_track",
              "create_scene", "add_tracks_listener", "remove_tracks_listener", "add_scenes_listener",
              "remove_scenes_listener", "is_playing", "add_is_playing_listener", "remove_is_playing_listener",
              "current_song_time", "record_mode", "root_note", "scale_name"},

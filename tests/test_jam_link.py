@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -108,10 +109,66 @@ def test_a_link_jam_follows_the_daws_tempo_and_puts_every_segment_on_its_bar_lin
 
 
 ALONE_CHECK = r"""
+import json, subprocess, sys, time
 from bridge.app.link import LinkSession
-alone = LinkSession.join()
-print(alone.caveat())
+alone = LinkSession.join(look_seconds=1e9)  # a bridge that stayed in the session alone (as before it left)
+out = {"caveat": alone.caveat()}
+time.sleep(1.0)
+peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+assert peer.stdout.readline().strip() == "ready"
+deadline = time.monotonic() + 60
+while True:
+    peer.stdin.write("state\n"); peer.stdin.flush()
+    _, tempo, peers = peer.stdout.readline().split()
+    if int(peers) >= 1 or time.monotonic() > deadline:
+        break
+    time.sleep(0.05)
+out["daw"] = [float(tempo), int(peers)]
+peer.stdin.write("quit\n"); peer.stdin.flush(); peer.wait(10)
 alone.close()
+print(json.dumps(out))
+"""
+
+DAW_KEEPS_ITS_TEMPO = r"""
+import json, subprocess, sys, time
+from bridge.app.link import LinkSession
+out = {}
+bridge = LinkSession.join(look_seconds=1.0)
+deadline = time.monotonic() + 60
+while bridge.in_session:  # alone: it leaves once it has looked for a peer (1 s here, 10 s by default)
+    assert time.monotonic() < deadline, "the bridge never left the session it was alone in"
+    time.sleep(0.02)
+out["out_of_session"] = list(bridge.state().__dict__.values())
+peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, text=True)
+assert peer.stdout.readline().strip() == "ready"
+
+def daw():
+    peer.stdin.write("state\n"); peer.stdin.flush()
+    _, tempo, peers = peer.stdout.readline().split()
+    return [float(tempo), int(peers)]
+
+time.sleep(1.0)
+out["daw_alone"] = daw()  # Link turned on in the DAW while the bridge runs: its own tempo, no one else
+bridge.hold()  # a sync link jam starts: the bridge joins the DAW's session
+while bridge.peers() < 1 or abs(bridge.raw_tempo() - 97) > 0.01:
+    assert time.monotonic() < deadline, f"not in the session of the DAW: {bridge.peers()} peers, {bridge.raw_tempo()} bpm"
+    time.sleep(0.01)
+out["jam_tempo"] = bridge.tempo()
+while daw()[1] < 1:  # the DAW counts the bridge once the bridge announces itself in its session
+    assert time.monotonic() < deadline, "the DAW never saw the bridge"
+    time.sleep(0.02)
+out["daw_with_bridge"] = daw()
+bridge.release()  # the jam ended: beside the DAW the bridge stays
+time.sleep(1.5)
+out["stays_beside_daw"] = bridge.in_session
+peer.stdin.write("quit\n"); peer.stdin.flush(); peer.wait(10)
+while bridge.in_session:  # the DAW left: so does the bridge
+    assert time.monotonic() < deadline, "the bridge stayed in the session after the DAW left"
+    time.sleep(0.02)
+bridge.close()
+print(json.dumps(out))
 """
 
 PEER_CHECKS = r"""
@@ -125,7 +182,7 @@ out = {}
 peer = subprocess.Popen([sys.executable, "benchmarks/link_peer.py", "97"], stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE, text=True)
 assert peer.stdout.readline().strip() == "ready"
-session = LinkSession.join()
+session = LinkSession.join(look_seconds=60)
 session._warn = said.append
 deadline = time.monotonic() + 60
 while session.peers() < 1 or abs(session.raw_tempo() - 97) > 0.01:
@@ -158,11 +215,14 @@ print(json.dumps(out))
 def test_the_session_tempo_is_adopted_a_broken_peers_tempo_is_clamped_once_and_bpm_is_refused():
     # alone first, in a namespace of its own: a session left behind (its disable is asynchronous in Link)
     # would be older than the peer's, and the peer would join it at 120 bpm
-    alone = in_netns(f"{sys.executable} -c '{ALONE_CHECK}'", timeout=120)
+    alone = in_netns(f"{sys.executable} -c {shlex.quote(ALONE_CHECK)}", timeout=120)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    assert alone.stdout.strip().splitlines()[-1].startswith(
-        "no other Link peer in the session: the jam plays at the session's own tempo")
-    done = in_netns(f"{sys.executable} -c '{PEER_CHECKS}'", timeout=200)
+    lone = json.loads(alone.stdout.strip().splitlines()[-1])
+    assert lone["caveat"].startswith("no other Link peer in the session: the jam plays at the session's own tempo")
+    # Link's rule, the reason the bridge leaves a session it is alone in: a DAW turning Link on later joins
+    # the older session and takes its tempo (the bridge's 120, not the set's 97)
+    assert lone["daw"] == [120.0, 1]
+    done = in_netns(f"{sys.executable} -c {shlex.quote(PEER_CHECKS)}", timeout=200)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["adopted"] == 97.0 and out["with_peer"] is None  # 96.99995 on the wire: what the set said
@@ -171,6 +231,17 @@ def test_the_session_tempo_is_adopted_a_broken_peers_tempo_is_clamped_once_and_b
     assert len(out["warnings"]) == 1 and "999" in out["warnings"][0] and "400" in out["warnings"][0]
     assert out["bar"] % 4 == 0 and abs(out["bar_phase"]) < 1e-3
     assert out["state"] == [True, 1, 999, False]
+
+
+@needs_netns
+def test_a_bridge_alone_leaves_the_session_so_a_daw_keeps_its_tempo_and_a_sync_link_jam_joins_the_daws():
+    done = in_netns(f"{sys.executable} -c {shlex.quote(DAW_KEEPS_ITS_TEMPO)}", timeout=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["out_of_session"] == [True, 0, 0.0, -1.0, False]  # /musicgen/link: 1 0 0 -1 0
+    assert out["daw_alone"] == [97.0, 0]
+    assert out["jam_tempo"] == 97.0 and out["daw_with_bridge"] == [97.0, 1]
+    assert out["stays_beside_daw"] is True
 
 
 def test_sync_link_without_link_says_to_start_the_bridge_with_link():
@@ -272,7 +343,7 @@ def test_serve_with_link_answers_link_state_and_jams_on_the_sessions_bar_lines(t
     done = in_netns(f"{sys.executable} {script}", timeout=260)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["link_line"].startswith("Ableton Link: in the session")
+    assert out["link_line"].startswith("Ableton Link: on: jams with `sync link` play on the session's bar lines")
     enabled, peers, bpm, beat, playing = out["link"]
     # the session's beat may be below 0 just after the peers meet (Link aligns a new session's timeline)
     assert (enabled, peers, playing) == (1, 1, 0) and abs(bpm - 97) < 0.01 and math.isfinite(beat)

@@ -37,7 +37,7 @@ import numpy as np
 
 from bridge import audio, tempo
 from bridge.app.jam_sync import LEAD_PER_GENERATION, run_synced_jam
-from bridge.app.link import BarClock
+from bridge.app.link import BarClock, LinkSession
 from bridge.app.midi_clock import MidiClock
 from bridge.app.output import OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
@@ -172,7 +172,7 @@ class JamController:
     """The running jam, if any: started by the worker, changed and stopped from any thread."""
 
     def __init__(self, output: OutputDevice, store: ResultStore, presets: Any | None = None,
-                 link: BarClock | None = None, midi: MidiClock | None = None) -> None:
+                 link: LinkSession | None = None, midi: MidiClock | None = None) -> None:
         self.link = link
         self.midi = midi
         self.output = output
@@ -233,8 +233,18 @@ class JamController:
             on_chunk: Callable[[Chunk], None] | None = None,
             on_warning: Callable[[str], None] | None = None) -> JobResult:
         """Run a jam job on ``engine`` until it is stopped, cancelled or has played ``request.seconds``.
-        Blocks: the worker that owns the engine calls it."""
+        Blocks: the worker that owns the engine calls it. A ``sync link`` jam holds the bridge in the Link
+        session while it runs (:meth:`LinkSession.hold`)."""
         clock = self._clock_for(request.sync, is_cancelled)
+        try:
+            return self._run(engine, job_id, request, clock, is_cancelled, on_chunk, on_warning)
+        finally:
+            if clock is not None and clock is self.link:
+                self.link.release()
+
+    def _run(self, engine: Engine, job_id: str, request: Request, clock: BarClock | None,
+             is_cancelled: Callable[[], bool], on_chunk: Callable[[Chunk], None] | None,
+             on_warning: Callable[[str], None] | None) -> JobResult:
         fields = jam_fields(request) | ({"bpm": clock.tempo()} if clock is not None else {})
         fields["seed"] = pick_seed(request.seed)  # picked here, not by the Jam: the take reports it
         settings = JamSettings(prompt=request.prompt, **fields).check()
@@ -294,6 +304,7 @@ class JamController:
         if sync == "link":
             if self.link is None:
                 raise BadArgs("sync link needs the bridge started with --link (musicgen-bridge serve --link)")
+            self.link.hold(is_cancelled)  # released when the jam ends (run)
             return self.link
         if sync == "midi":
             midi = self.midi

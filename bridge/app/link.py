@@ -8,6 +8,15 @@ Never fork after a Link object exists (it hangs): the playback child is a fresh 
 :class:`LinkSession` answers the jam's questions (:class:`BarClock`): the session's tempo (clamped to
 the ``bpm`` option's range, warned once), where the next bar line is, when a beat falls, and whether
 the set is playing. The bridge never sets the session's tempo: it follows the set.
+
+Nor does it found a session for a DAW to join. Link gives a session the tempo of whoever was in it
+first: a peer that turns Link on joins an older session and takes its tempo (Link's ``Sessions``: the
+session running longer by over 0.5 s wins). A bridge left alone in the session since it started would
+set a DAW that turns Link on later to 120 bpm. So the bridge stays in the session only beside another
+peer: alone (after :data:`LOOK_SECONDS` to find one, or as soon as the last peer leaves) it leaves,
+and it joins again when a ``sync link`` jam starts (:meth:`LinkSession.hold`), waiting up to
+:data:`JOIN_WAIT` for the DAW's session. Only a ``sync link`` jam asked for with no DAW in the session
+founds one (its caveat says so), and it leaves when that jam ends.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,11 +36,15 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "Ableton Link needs the optional extra: pip install 'musicgen-bridge[link]' (LinkPython-extern, GPL)"
 TEMPO_DIGITS = 3  # Link's tempo round-trips to ~1e-4 bpm (97 arrives as 96.99995): 97.000 is what the set says
+LOOK_SECONDS = 10.0  # how long the bridge looks for another peer after joining before it leaves a session alone
+JOIN_WAIT = 2.0  # how long a sync link jam waits for the DAW's session after joining (a join took 0.5 s here)
+WATCH_EVERY = 0.25  # seconds between the watcher's looks at the peer count
 
 
 @dataclass(frozen=True)
 class LinkState:
-    """What ``/musicgen/link`` answers: ``<enabled 0/1> <peers> <tempo> <beat> <playing 0/1>``."""
+    """What ``/musicgen/link`` answers: ``<enabled 0/1> <peers> <tempo> <beat> <playing 0/1>``: enabled is
+    the bridge running with ``--link``; out of a session (no DAW in one) it is ``1 0 0 -1 0``."""
 
     enabled: bool
     peers: int
@@ -55,28 +70,83 @@ class BarClock(Protocol):
 
 
 class LinkSession:
-    """One Link peer for the daemon's life; thread-safe (Link's own calls are; the warnings are locked)."""
+    """One Link peer for the daemon's life, in the session beside another peer or for a ``sync link`` jam
+    (see the module docstring); thread-safe (Link's own calls are; the rest is locked)."""
 
-    def __init__(self, link: Any, warn: Any = None) -> None:
+    def __init__(self, link: Any, warn: Any = None, look_seconds: float = LOOK_SECONDS) -> None:
         self._link = link
         self._lock = threading.Lock()
         self._warned_tempo = False
         self._warn = warn or log.warning
+        self._look = look_seconds
+        self._holds = 0  # sync link jams running
+        self._entered = time.monotonic()
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @classmethod
-    def join(cls, bpm: float = 120.0) -> LinkSession:
-        """Join (or start) the Link session on this network; BadArgs with the install line without the wheel."""
+    def join(cls, bpm: float = 120.0, look_seconds: float = LOOK_SECONDS) -> LinkSession:
+        """Join the Link session on this network, leaving it after ``look_seconds`` if no other peer is in
+        it; BadArgs with the install line without the wheel."""
         try:
             import link  # noqa: PLC0415  (optional, GPL: only with --link)
         except ImportError:
             raise BadArgs(INSTALL_HINT) from None
-        session = link.Link(float(bpm))
-        session.enabled = True
-        session.startStopSyncEnabled = True
-        return cls(session)
+        session = cls(link.Link(float(bpm)), look_seconds=look_seconds)
+        session._link.startStopSyncEnabled = True
+        session._enter()
+        session._watcher = threading.Thread(target=session._watch, name="musicgen-link-watch", daemon=True)
+        session._watcher.start()
+        return session
 
     def close(self) -> None:
-        self._link.enabled = False
+        self._closed.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=5)
+        with self._lock:
+            self._link.enabled = False
+
+    # -- in the session or not --------------------------------------------------------------------
+    @property
+    def in_session(self) -> bool:
+        return bool(self._link.enabled)
+
+    def hold(self, is_cancelled: Callable[[], bool] = lambda: False) -> None:
+        """Be in the session while a ``sync link`` jam runs (until :meth:`release`): join if out, then wait
+        up to :data:`JOIN_WAIT` for another peer (a DAW's session, older, is joined within about 0.5 s)."""
+        with self._lock:
+            self._holds += 1
+            joining = not self._link.enabled
+            if joining:
+                self._enter()
+        deadline = time.monotonic() + JOIN_WAIT
+        while joining and self.peers() == 0 and time.monotonic() < deadline and not is_cancelled():
+            time.sleep(0.01)
+
+    def release(self) -> None:
+        """The ``sync link`` jam ended: the watcher leaves the session if no other peer is in it."""
+        with self._lock:
+            self._holds = max(0, self._holds - 1)
+
+    def _enter(self) -> None:
+        self._entered = time.monotonic()
+        self._link.enabled = True
+
+    def _watch(self) -> None:
+        while not self._closed.wait(WATCH_EVERY):
+            self.leave_if_alone()
+
+    def leave_if_alone(self) -> bool:
+        """Leave the session when no other peer is in it, no ``sync link`` jam runs and the bridge has looked
+        for a peer long enough (the watcher calls it every :data:`WATCH_EVERY` s); True when it left."""
+        with self._lock:
+            alone = self._link.enabled and self._holds == 0 and self._link.numPeers() == 0
+            if not alone or time.monotonic() - self._entered < self._look:
+                return False
+            self._link.enabled = False
+        log.info("Ableton Link: no other peer in the session, so the bridge left it (a DAW turning Link on "
+                 "keeps its own tempo); a sync link jam joins again")
+        return True
 
     # -- facts ------------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -101,9 +171,12 @@ class LinkSession:
         return round(clamped, TEMPO_DIGITS)
 
     def state(self, beats_per_bar: int = 4) -> LinkState:
+        """The session now; out of one (no other peer), ``enabled`` alone: the bridge runs with ``--link``."""
+        if not self._link.enabled:
+            return LinkState(enabled=True, peers=0, tempo=0.0, beat=-1.0, playing=False)
         s = self._link.captureAppSessionState()
         now = self._link.clock().micros()
-        return LinkState(enabled=bool(self._link.enabled), peers=self.peers(), tempo=float(s.tempo()),
+        return LinkState(enabled=True, peers=self.peers(), tempo=float(s.tempo()),
                          beat=float(s.beatAtTime(now, beats_per_bar)), playing=bool(s.isPlaying()))
 
     def playing(self) -> bool | None:
@@ -114,7 +187,8 @@ class LinkSession:
         """What the user should hear once when a jam starts: no other peer, so no set to follow."""
         if self.peers() == 0:
             return (f"no other Link peer in the session: the jam plays at the session's own tempo, "
-                    f"{self.tempo():g} bpm, until a DAW joins")
+                    f"{self.tempo():g} bpm, until a DAW joins (a DAW that turns Link on while it plays takes "
+                    "that tempo; turn Link on in the DAW first)")
         return None
 
     # -- the bar grid -----------------------------------------------------------------------------

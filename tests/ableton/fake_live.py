@@ -180,6 +180,7 @@ class Song(Listeners, Transport):
         super().__init__()
         self._track_class, self._slot_class = VERSIONS[version]
         self._tempo = tempo
+        self._link = False
         self._numerator, self._denominator = numerator, denominator
         self._scenes = [Scene() for _ in range(scenes)]
         self._tracks: list[Track] = []
@@ -188,6 +189,15 @@ class Song(Listeners, Transport):
     @property
     def tempo(self) -> float:
         return self._tempo
+
+    @property
+    def is_ableton_link_enabled(self) -> bool:
+        """Preferences > Link, Tempo & MIDI > Link (off in a new set)."""
+        return self._link
+
+    @is_ableton_link_enabled.setter
+    def is_ableton_link_enabled(self, value: bool) -> None:
+        self._link = bool(value)
 
     @property
     def signature_numerator(self) -> int:

@@ -370,7 +370,7 @@ def jam_set(ctx: Context, *, settings: list[Any]) -> None:
 def link_state(ctx: Context) -> None:
     """The Ableton Link session the bridge is in (`serve --link`): enabled, other peers, tempo, beat now (4-beat bars), playing.
 
-    Replies: `/musicgen/link <enabled 0/1> <peers> <tempo> <beat> <playing 0/1>` (`0 0 0 -1 0` without --link)
+    Replies: `/musicgen/link <enabled 0/1> <peers> <tempo> <beat> <playing 0/1>` (`0 0 0 -1 0` without --link; `1 0 0 -1 0` with it but out of a session: no DAW in one, and no `sync link` jam)
     """
     session = ctx.app.link
     if session is None:

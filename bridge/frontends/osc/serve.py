@@ -146,8 +146,9 @@ def run_serve(args: argparse.Namespace) -> int:
                              f"({info.get('precision', info['dtype'])}, {info.get('kernel', '')}); OSC (UDP and TCP) "
                              f"on {config.host}:{server.port}, replies to port {config.reply_port}. Ctrl-C stops.\n")
             if app.link is not None:
-                sys.stderr.write(f"Ableton Link: in the session ({app.link.peers()} other peer(s) so far, "
-                                 f"{app.link.tempo():g} bpm): jams with `sync link` play on its bar lines\n")
+                sys.stderr.write("Ableton Link: on: jams with `sync link` play on the session's bar lines; the "
+                                 "bridge stays in the session only beside a DAW (or while such a jam plays), so a "
+                                 "DAW turning Link on keeps its tempo\n")
             sys.stderr.flush()
             while not stop.wait(0.5):
                 pass

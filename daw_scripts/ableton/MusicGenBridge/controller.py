@@ -63,7 +63,7 @@ class Controller:
         self._connected: bool | None = None
         self._last_heard = self._last_ping = -1e9  # long ago, whatever the clock's origin
         self._pinged = False
-        self._bridge_in_link = False  # the bridge runs with --link: a jam asks for `sync link`
+        self._bridge_in_link = False  # the bridge runs with --link: a jam asks for `sync link` if Live's Link is on
         self._ids = f"live-{random.randrange(1 << 24):06x}"
         self._count = 0
         self.link: BridgeLink | None = None
@@ -260,11 +260,12 @@ class Controller:
             source = [path]
         tempo: list[Value] = ["bpm", bar.bpm, "bars", bars, "beats_per_bar", bar.beats_per_bar]
         if kind == JAM:
-            if self._bridge_in_link:  # Live and the bridge share the Link session: its tempo and bar lines
+            linked = self._bridge_in_link and song.is_ableton_link_enabled  # both in Link: the session's bar lines
+            if linked:
                 tempo = ["bars", bars, "beats_per_bar", bar.beats_per_bar, "sync", "link"]
             play = self.settings.jam_play and job.timeline is None  # the Arrangement plays its own segments
             # files only, at its own tempo: a segment and a bar ahead of real time at most (a new name is heard soon)
-            pace: list[Value] = [] if play or self._bridge_in_link else ["ahead_bars", bars + 1]
+            pace: list[Value] = [] if play or linked else ["ahead_bars", bars + 1]
             args = [job.id, with_key(prompt, job.key), *tempo, "play", 1 if play else 0, *pace]
         elif kind == FILL:
             try:
