@@ -21,7 +21,7 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 BLOCK_FRAMES = 256
@@ -71,8 +71,10 @@ def take_highest_priority() -> str:
     return f"nice {current} ({limit or 'RLIMIT_RTPRIO -'}, RLIMIT_NICE {nice_limit}: no real-time for this user)"
 
 
-def run_blocks(iterations: int, period: float, stop: threading.Event) -> dict[str, Any]:
-    """The audio loop until ``stop``: lateness of every block against its deadline."""
+def run_blocks(iterations: int, period: float, stop: threading.Event,
+               on_running: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The audio loop until ``stop``: lateness of every block against its deadline; ``on_running`` is
+    called once the first block is done (the stand-in says ``ready`` then, so a stop counts a block)."""
     late_ms: list[float] = []
     missed = skipped = 0
     start = time.perf_counter() + 0.02
@@ -87,6 +89,8 @@ def run_blocks(iterations: int, period: float, stop: threading.Event) -> dict[st
         deadline = release + period
         late_ms.append((done - deadline) * 1000.0)
         block += 1
+        if on_running is not None and len(late_ms) == 1:
+            on_running()
         if done > deadline:
             missed += 1
             # the blocks whose deadline passed meanwhile are lost (a DAW outputs silence: an xrun)
@@ -121,10 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.set()
 
     threading.Thread(target=wait_for_stop, name="standin-stop", daemon=True).start()
-    sys.stdout.write(json.dumps({"ready": True, "iterations": iterations, "priority": priority,
-                                 "block_ms": period * 1000.0, "work_ms": args.work_ms}) + "\n")
-    sys.stdout.flush()
-    result = run_blocks(iterations, period, stop)
+
+    def say_ready() -> None:
+        sys.stdout.write(json.dumps({"ready": True, "iterations": iterations, "priority": priority,
+                                     "block_ms": period * 1000.0, "work_ms": args.work_ms}) + "\n")
+        sys.stdout.flush()
+
+    result = run_blocks(iterations, period, stop, on_running=say_ready)
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
