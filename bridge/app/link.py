@@ -112,15 +112,15 @@ class LinkSession:
         return bool(self._link.enabled)
 
     def hold(self, is_cancelled: Callable[[], bool] = lambda: False) -> None:
-        """Be in the session while a ``sync link`` jam runs (until :meth:`release`): join if out, then wait
-        up to :data:`JOIN_WAIT` for another peer (a DAW's session, older, is joined within about 0.5 s)."""
+        """Be in the session while a ``sync link`` jam runs (until :meth:`release`): join if out, and while
+        the bridge joined less than :data:`JOIN_WAIT` ago (also just after start-up: ``jam --link``) wait
+        that long for another peer (a DAW's session, older, is joined within about 0.5 s)."""
         with self._lock:
             self._holds += 1
-            joining = not self._link.enabled
-            if joining:
+            if not self._link.enabled:
                 self._enter()
-        deadline = time.monotonic() + JOIN_WAIT
-        while joining and self.peers() == 0 and time.monotonic() < deadline and not is_cancelled():
+            deadline = self._entered + JOIN_WAIT
+        while self.peers() == 0 and time.monotonic() < deadline and not is_cancelled():
             time.sleep(0.01)
 
     def release(self) -> None:
