@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.app.planning import EngineFacts, Plan
-from bridge.engine.loops import DECODE_CONTEXT_SECONDS, HEAD_SECONDS
+from bridge.engine.loops import HEAD_SECONDS, decode_context_frames
 from bridge.errors import BadArgs
 from bridge.options import MAX_SECONDS, MAX_VARIATIONS, Request
 
@@ -154,9 +154,9 @@ def decode_frames(request: Request, plan: Plan, eng: EngineFacts) -> int:
     """Frames the codec decodes for one variation: the job's own, and for a loop or a fill the context
     around them (a loop's context is its own end and start, so no more than its length on each side)."""
     if request.mode == "loop":  # its end before it and its start after it
-        return plan.frames + 2 * min(plan.frames, math.ceil(DECODE_CONTEXT_SECONDS * eng.frame_rate))
+        return plan.frames + 2 * decode_context_frames(eng.frame_rate, plan.frames)
     if request.mode == "infill":  # the first clip's last second before it, the second clip's head after it
-        sides = math.ceil(DECODE_CONTEXT_SECONDS * eng.frame_rate) + math.ceil(HEAD_SECONDS * eng.frame_rate)
+        sides = decode_context_frames(eng.frame_rate, eng.window_frames) + math.ceil(HEAD_SECONDS * eng.frame_rate)
         return plan.frames + sides + DELAY_FRAMES_BOUND
     return plan.frames
 

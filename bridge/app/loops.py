@@ -32,6 +32,7 @@ from bridge.engine.decoding import Sampling
 from bridge.engine.loops import (
     bridge_steps,
     circular_decode,
+    decode_context_frames,
     fit_period,
     head_needed,
     sample_bridges,
@@ -74,8 +75,8 @@ def check(request: Request, eng: Engine, out_samples: int, out_rate: int) -> Non
 
 
 def max_fill_frames(eng: Engine) -> int:
-    """The longest fill: the window less the scored head and at least a second of the first clip."""
-    return eng.window_frames - head_needed(eng) - round(eng.frame_rate) - 1
+    """The longest fill: the window less the scored head and the first clip's context the codec decodes."""
+    return eng.window_frames - head_needed(eng) - decode_context_frames(eng.frame_rate, eng.window_frames) - 1
 
 
 def _sampling(request: Request, text: str) -> Sampling:
@@ -152,7 +153,7 @@ class LoopMaker:
                                 fill_frames, after_codes, request.candidates,
                                 on_step=lambda _c, steps: progress(min(1.0, steps / total)),
                                 is_cancelled=is_cancelled)
-        shown = min(context, round(eng.frame_rate))  # what the codec sees of the first clip
+        shown = decode_context_frames(eng.frame_rate, context)  # what the codec sees of the first clip
         decoded = eng.decode(torch.cat([before_codes[:, :, context - shown :], choice.best, after_codes], dim=-1))[0]
         wave = audio.match_channels(audio.resample(decoded, eng.sample_rate, rate), channels)
         first = _converted(before, rate, channels)

@@ -158,6 +158,12 @@ def bridge_steps(engine: Engine, frames: int) -> int:
     return frames + head_frames(engine) + engine.loop.max_delay
 
 
+def decode_context_frames(frame_rate: float, most: int) -> int:
+    """Frames the codec decodes on one side of a loop or a fill for context: ``DECODE_CONTEXT_SECONDS``,
+    no more than ``most`` (a loop's own length, a fill's first-clip context)."""
+    return min(most, max(1, round(DECODE_CONTEXT_SECONDS * frame_rate)))
+
+
 def circular_decode(engine: Engine, codes: torch.Tensor) -> np.ndarray:
     """Audio (channels, frames * hop) of the loop ``codes`` (1, K, frames) that repeats without a seam.
 
@@ -167,7 +173,7 @@ def circular_decode(engine: Engine, codes: torch.Tensor) -> np.ndarray:
     """
     frames = int(codes.shape[-1])
     hop = engine.hop
-    context = min(frames, max(1, round(DECODE_CONTEXT_SECONDS * engine.frame_rate)))
+    context = decode_context_frames(engine.frame_rate, frames)
     extended = torch.cat([codes[:, :, frames - context :], codes, codes[:, :, :context]], dim=-1)
     decoded = engine.decode(extended)[0]
     start, period = context * hop, frames * hop
