@@ -18,7 +18,7 @@ def test_cli_jam_plays_gaplessly_through_jack(jack_server, tmp_path):
         [sys.executable, "-m", "bridge.cli", "jam", "lofi", "--model", "tiny-random", "--bpm", "120", "--bars", "1",
          "--for", "6", "--record", str(record), "--output-dir", str(tmp_path / "out"), "--seed", "3"],
         capture_output=True, text=True, timeout=240, env=jack_server.env, check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + "\njackd:\n" + jack_server.output()
     assert "underruns: 0" in proc.stderr
     # two bars of run-ahead, so the third is generated while the first plays; a machine slower than
     # real time (a loaded CI box) pre-rolls more, and says so

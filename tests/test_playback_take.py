@@ -114,6 +114,43 @@ def test_a_device_that_stops_asking_is_caught_while_the_child_still_talks():
     assert started[0].wait(30) == -signal.SIGKILL
 
 
+def test_the_device_s_silence_counts_from_its_start_not_from_the_open():
+    # Priming can take longer than the stall limit (a busy machine generating the run-ahead), and the
+    # first callback comes a while after the start: neither is a device that stopped asking.
+    started: list[subprocess.Popen[bytes]] = []
+    prelude = textwrap.dedent("""
+        import json, os, sys, time
+        from bridge.audio.playback_child import *
+        settings = json.loads(receive(0)[1])
+        info = {"index": 0, "name": "fake", "sample_rate": 48000, "capacity": 4800, "latency": 0.01,
+                "blocksize": 0}
+        send(1, READY, json.dumps(info).encode())
+    """)
+    script = """
+        counters = [0] * COUNTERS
+        def beat(seconds):
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                send(1, STATUS, STATUS_STRUCT.pack(*counters))
+                time.sleep(0.01)
+        beat(1.0)  # opened, not started, for twice the limit
+        counters[C_STARTED] = 1
+        beat(0.15)  # started; the first callback is late
+        for _ in range(10):
+            counters[C_CALLBACKS] += 1
+            beat(0.02)
+        counters[C_DRAINED] = 1
+        send(1, STATUS, STATUS_STRUCT.pack(*counters))
+        send(1, DONE)
+        sys.exit(0)
+    """
+    player = Player(popen=fake_child(script, started, prelude=prelude), stall_timeout=0.5)
+    player.open()
+    player.start()
+    assert player.wait(30)
+    assert started[0].wait(30) == 0
+
+
 # A child that plays by the rules: what it is sent is "delivered" (recorded back), FINISH ends the take.
 ECHO = """
     channels, consumed = settings["channels"], 0

@@ -422,14 +422,18 @@ class _Silence:
         self.limit = limit
         self.heard_at: float | None = None
         self._callbacks = -1
+        self._started = False
         self._changed_at = 0.0
 
     def heard(self, kind: bytes, counters: list[int], now: float) -> None:
         if kind != READY and self.heard_at is None:
             return
         self.heard_at = now
-        if counters[C_CALLBACKS] != self._callbacks:
-            self._callbacks, self._changed_at = counters[C_CALLBACKS], now
+        # the device's silence counts from its start at the earliest: priming the buffer can take longer
+        # than the limit, and the first callback may come a while after the start on a busy machine
+        started = bool(counters[C_STARTED])
+        if counters[C_CALLBACKS] != self._callbacks or started != self._started:
+            self._callbacks, self._started, self._changed_at = counters[C_CALLBACKS], started, now
 
     def due(self, counters: list[int]) -> float | None:
         """When silence ends the take (``time.monotonic``); None before the child is ready."""
