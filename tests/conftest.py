@@ -205,7 +205,7 @@ class OscClient:
         self.inbox += [m for m in _decode_packet(data) if isinstance(m, _Message)]
         return True
 
-    def expect(self, address: str, where=None, timeout: float = 5.0) -> _Message:
+    def expect(self, address: str, where=None, timeout: float = 20.0) -> _Message:
         """The first received message at ``address`` (matching ``where``), taken out of the inbox."""
         deadline = _time.monotonic() + timeout
         while True:
@@ -216,10 +216,10 @@ class OscClient:
                 seen = "\n  ".join(f"{m.address} {list(m.args)}" for m in self.inbox) or "nothing"
                 raise AssertionError(f"no {address} within {timeout} s; received:\n  {seen}")
 
-    def expect_fail(self, code: str, timeout: float = 5.0) -> _Message:
+    def expect_fail(self, code: str, timeout: float = 20.0) -> _Message:
         return self.expect("/musicgen/fail", lambda m: m.args[2] == code, timeout)
 
-    def expect_end(self, job_id: str, timeout: float = 5.0) -> _Message:
+    def expect_end(self, job_id: str, timeout: float = 20.0) -> _Message:
         """The done or fail that ends job ``job_id``."""
         deadline = _time.monotonic() + timeout
         while True:
@@ -257,7 +257,7 @@ class TcpOscClient:
     def send(self, address: str, *args) -> None:
         self.sock.sendall(_frame(_encode_message(address, list(args)), self.framing))
 
-    def expect(self, address: str, where=None, timeout: float = 5.0) -> _Message:
+    def expect(self, address: str, where=None, timeout: float = 20.0) -> _Message:
         deadline = _time.monotonic() + timeout
         while True:
             for i, message in enumerate(self.inbox):
@@ -278,7 +278,7 @@ class TcpOscClient:
                 assert isinstance(packet, bytes), packet
                 self.inbox += [m for m in _decode_packet(packet) if isinstance(m, _Message)]
 
-    def closed_by_server(self, timeout: float = 5.0) -> bool:
+    def closed_by_server(self, timeout: float = 20.0) -> bool:
         self.sock.settimeout(timeout)
         try:
             while self.sock.recv(65536):

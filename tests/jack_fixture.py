@@ -52,7 +52,7 @@ class JackServer:
     def ports(self) -> list[str]:
         return [line for line in self.lsp().splitlines() if line and not line.startswith(" ")]
 
-    def wait_for_ports(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> list[str]:
+    def wait_for_ports(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> list[str]:
         """Poll until ``predicate(port_name)`` holds for some port; returns those ports (empty on timeout)."""
         deadline = time.monotonic() + timeout
         while True:

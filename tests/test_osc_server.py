@@ -163,7 +163,7 @@ def test_busy_when_the_queue_is_full(osc_server, fake_bridge):
     _server, client = osc_server(queue_size=1)
     client.send("/musicgen/generate", "run", "keys", 0.5)
     client.expect("/musicgen/queued", lambda m: m.args[0] == "run")
-    assert fake_bridge.started.get(timeout=2) == "run"  # out of the queue, into the worker
+    assert fake_bridge.started.get(timeout=30) == "run"  # out of the queue, into the worker
     client.send("/musicgen/generate", "wait", "keys", 0.5)
     assert client.expect("/musicgen/queued", lambda m: m.args[0] == "wait").args == ("wait", 1)
     client.send("/musicgen/generate", "over", "keys", 0.5)
@@ -425,7 +425,7 @@ def test_tcp_stalled_frame_times_out(osc_server):
     tcp = TcpOscClient(server.port)
     try:
         tcp.sock.sendall(struct.pack(">I", 100) + b"/musicgen/ping")
-        fail = tcp.expect("/musicgen/fail", timeout=3)
+        fail = tcp.expect("/musicgen/fail", timeout=30)
         assert "incomplete TCP frame" in fail.args[3]
         assert tcp.closed_by_server()
         assert server.stats.tcp_timeouts == 1
@@ -465,7 +465,7 @@ def test_stop_cancels_and_reports_running_and_queued_jobs(osc_server, fake_bridg
     tcp = TcpOscClient(server.port)
     try:
         client.send("/musicgen/generate", "r", "keys", 0.5)
-        fake_bridge.started.get(timeout=2)
+        fake_bridge.started.get(timeout=30)
         tcp.send("/musicgen/generate", "q", "keys", 0.5)
         tcp.expect("/musicgen/queued")
         server.stop(timeout=5)
