@@ -89,6 +89,52 @@ def test_run_jam_writes_segments_and_the_take(tiny_engine, tmp_path):
     np.testing.assert_array_equal(joined, data)
 
 
+def test_the_take_goes_to_disk_as_it_grows_and_is_put_in_place_whole(tiny_engine, tmp_path):
+    # A jam can run for hours: the take is written segment by segment, not held in memory to the end.
+    import soundfile as sf
+
+    from bridge.app.jam import run_jam
+
+    folder = tmp_path / "jam"
+    jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
+    seen: list[tuple[bool, int]] = []
+
+    def on_segment(index, _path, _start, _seconds):
+        partial = [*folder.glob(".partial-*.wav"), *tmp_path.glob(".partial-*.wav")]
+        assert len(partial) == 2  # the take and the record, each in its folder (nothing plays: the record is the take)
+        seen.append(((folder / "take.wav").exists(), min(p.stat().st_size for p in partial)))
+
+    record = tmp_path / "record.wav"
+    take = run_jam(jam, folder, should_stop=lambda: False, for_seconds=5.0, on_segment=on_segment, record=record)
+    # while the jam ran, no take under its name, and its temporary held every segment so far (float32 frames)
+    assert [exists for exists, _ in seen] == [False, False, False]
+    assert all(size >= (i + 1) * 64000 * 4 for i, (_, size) in enumerate(seen))
+    data, rate = sf.read(take.path, always_2d=True)
+    assert rate == 32000 and data.shape[0] == 3 * 64000 and take.seconds == 6.0
+    np.testing.assert_array_equal(sf.read(record, always_2d=True)[0], data)
+    assert take.record_path == record
+    assert not list(folder.glob(".partial-*")) and not list(tmp_path.glob(".partial-*"))
+
+
+def test_a_jam_that_fails_leaves_no_take_and_no_temporary(tiny_engine, tmp_path):
+    from bridge.app.jam import run_jam
+
+    folder = tmp_path / "jam"
+    jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
+    real, made = jam.next_segment, []
+
+    def next_segment(is_cancelled=None):
+        if len(made) == 2:
+            raise RuntimeError("the engine broke")
+        made.append(real(is_cancelled=is_cancelled))
+        return made[-1]
+
+    jam.next_segment = next_segment
+    with pytest.raises(RuntimeError, match="the engine broke"):
+        run_jam(jam, folder, should_stop=lambda: False, for_seconds=10.0)
+    assert sorted(p.name for p in folder.iterdir()) == ["segment-0000.wav", "segment-0001.wav"]
+
+
 class _RecordingPlayer:
     """A stand-in for the output device (unit test): records what the runner asks of it."""
 
@@ -162,6 +208,24 @@ def test_a_slow_machine_pre_rolls_and_says_so_once(tiny_engine, tmp_path):
     needed = 12.0 * 0.5 * SLOW_MARGIN + 2.0
     assert take.preroll_seconds == pytest.approx(2.0 * -(-needed // 2.0))
     assert [e[0] for e in player.events] == ["start", "finish"]
+
+
+def test_a_slow_machine_s_pre_roll_for_a_long_jam_stops_at_the_horizon(tiny_engine, tmp_path):
+    # `--for 7200` on a machine at half real time: the pre-roll aims at the first minute without a gap,
+    # not at two hours of audio queued (and buffered) before anything plays.
+    from bridge.app.jam import SLOW_MARGIN, run_jam
+    from bridge.app.output import PLAYER_BUFFER_SECONDS, PREROLL_HORIZON
+
+    player = _RecordingPlayer()
+    warnings: list[str] = []
+    jam = _slowed(Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=4, seed=2)), 16.0)  # 0.5x
+    take = run_jam(jam, tmp_path / "jam", should_stop=lambda: bool(player.events), player=player,
+                   for_seconds=7200.0, warn=warnings.append)
+    assert len(warnings) == 1 and f"so {PREROLL_HORIZON:.0f} s play without a gap" in warnings[0]
+    needed = PREROLL_HORIZON * 0.5 * SLOW_MARGIN + 8.0
+    assert take.preroll_seconds == pytest.approx(8.0 * -(-needed // 8.0))  # whole 8 s segments
+    assert take.preroll_seconds < PLAYER_BUFFER_SECONDS  # and it fits the device's buffer
+    assert player.events[0][0] == "start"
 
 
 def _fp32_jam(engine, **settings):

@@ -33,13 +33,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bridge import audio, tempo
 from bridge.app.jam_sync import LEAD_PER_GENERATION, run_synced_jam
 from bridge.app.link import BarClock, LinkSession
 from bridge.app.midi_clock import MidiClock
-from bridge.app.output import OutputDevice
+from bridge.app.output import PREROLL_HORIZON, OutputDevice
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
@@ -80,7 +78,10 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     folder.mkdir(parents=True, exist_ok=True)
     rate = jam.engine.sample_rate
     take = JamTake(path=folder / "take.wav")
-    pieces: list[np.ndarray] = []
+    # the take goes to disk as it grows (a long jam holds one segment in memory, not the take); with
+    # nothing played, the record is the take itself
+    copies = [take.path] + ([record] if player is None and record is not None else [])
+    files = audio.StreamWriter(copies, rate, jam.engine.channels)
     audio_seconds = 0.0
     resampler: StreamResampler | None = None
     started_playing = False
@@ -88,7 +89,7 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     queued = 0.0
     began = time.monotonic()
     zero: float | None = None  # when the first segment was ready: the time the others are due from
-    total = for_seconds if for_seconds is not None else 60.0  # what a pre-roll on a slow machine aims at
+    total = min(for_seconds, PREROLL_HORIZON) if for_seconds is not None else PREROLL_HORIZON
     if player is not None:
         player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)
     try:
@@ -109,7 +110,7 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
             path = folder / f"segment-{segment.index:04d}.wav"
             audio.write_atomic(path, segment.audio, rate)
             take.segments.append(path)
-            pieces.append(segment.audio)
+            files.write(segment.audio)
             seconds = segment.audio.shape[-1] / rate
             audio_seconds += seconds
             take.segment_seconds.append(seconds)
@@ -144,15 +145,16 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
             take.underruns = player.underruns
             if record is not None:
                 take.record_path = record
+    except BaseException:
+        files.abort()
+        raise
     finally:
         if player is not None and not started_playing:
             player.stop()
-    whole = np.concatenate(pieces, axis=-1) if pieces else np.zeros((jam.engine.channels, 0), np.float32)
-    audio.write_atomic(take.path, whole, rate)
-    if player is None and record is not None:  # nothing played: the record is the take itself
-        audio.write_atomic(record, whole, rate)
+    files.close()
+    if player is None and record is not None:
         take.record_path = record
-    take.seconds = whole.shape[-1] / rate
+    take.seconds = files.frames / rate
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
     return take

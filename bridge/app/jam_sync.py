@@ -24,8 +24,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bridge import audio
 from bridge.app.link import BarClock
 from bridge.app.results import JamTake
@@ -72,7 +70,7 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
     folder.mkdir(parents=True, exist_ok=True)
     rate = jam.engine.sample_rate
     take = JamTake(path=folder / "take.wav")
-    pieces: list[np.ndarray] = []
+    files = audio.StreamWriter([take.path], rate, jam.engine.channels)  # the take, to disk as it grows
     audio_seconds = 0.0
     began = time.monotonic()
     placer: _Placer | None = None
@@ -151,7 +149,7 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
             take.segment_seconds.append(seconds)
             take.generation_seconds.append(segment.generation_seconds)
             take.segment_bpm.append(segment.settings.bpm)
-            pieces.append(segment.audio)
+            files.write(segment.audio)
             audio_seconds += seconds
             bars = segment.settings.bars * segment.settings.beats_per_bar
             if beat is None:
@@ -185,12 +183,14 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
             if record is not None:
                 take.record_path = record
             played_out = True
+    except BaseException:
+        files.abort()
+        raise
     finally:
         if player is not None and not played_out:
             player.stop()
-    whole = np.concatenate(pieces, axis=-1) if pieces else np.zeros((jam.engine.channels, 0), np.float32)
-    audio.write_atomic(take.path, whole, rate)
-    take.seconds = whole.shape[-1] / rate
+    files.close()
+    take.seconds = files.frames / rate
     if sum(take.generation_seconds) > 0:
         take.realtime_factor = audio_seconds / sum(take.generation_seconds)
     return take

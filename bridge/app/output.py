@@ -31,7 +31,8 @@ from bridge.errors import BridgeError, Busy, NoAudioDevice
 
 log = logging.getLogger(__name__)
 
-PLAYER_BUFFER_SECONDS = 90.0  # room for a slow machine's jam pre-roll
+PREROLL_HORIZON = 60.0  # seconds a slow machine's jam pre-rolls to play without a gap (at most)
+PLAYER_BUFFER_SECONDS = PREROLL_HORIZON + 30.0  # room for that pre-roll
 
 
 class PlayerLike(Protocol):

@@ -335,6 +335,65 @@ def write_atomic(path: Path, data: np.ndarray, rate: int, fmt: str = "wav") -> P
     return path
 
 
+class StreamWriter:
+    """Audio written piece by piece to one or more files, each under a temporary name in its folder and
+    renamed into place by :meth:`close`: memory stays one piece however long the stream runs (a jam's
+    take), and no reader ever sees half a file. :meth:`abort` (or an exception out of a ``with``
+    block) removes the temporaries; what a crash leaves is removed at the next start, as for
+    :func:`write_atomic`.
+    """
+
+    def __init__(self, paths: list[Path], rate: int, channels: int) -> None:
+        import soundfile as sf  # noqa: PLC0415
+
+        self.paths = list(paths)
+        self.frames = 0
+        self._files: list[tuple[Any, Path]] = []
+        try:
+            for path in self.paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".wav", dir=path.parent)
+                os.close(fd)
+                try:
+                    handle = sf.SoundFile(tmp, "w", rate, channels, subtype="FLOAT", format="WAV")
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+                self._files.append((handle, Path(tmp)))
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, data: np.ndarray) -> None:
+        """Append (channels, samples) audio to every file."""
+        frames = np.ascontiguousarray(data.T)
+        for handle, _ in self._files:
+            handle.write(frames)
+        self.frames += data.shape[-1]
+
+    def close(self) -> None:
+        """Finish every file and put it in place."""
+        files, self._files = self._files, []
+        for (handle, tmp), path in zip(files, self.paths, strict=True):
+            handle.close()
+            os.replace(tmp, path)
+
+    def abort(self) -> None:
+        files, self._files = self._files, []
+        for handle, tmp in files:
+            handle.close()
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> StreamWriter:
+        return self
+
+    def __exit__(self, kind: Any, _value: Any, _tb: Any) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=path.parent)
     try:
