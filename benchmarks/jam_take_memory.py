@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_memory import MB, PeakSampler, _rss, machine  # noqa: E402
+from job_memory import MB, PeakSampler, _rss, machine
 
 
 class _Engine:
@@ -39,7 +39,7 @@ class _ReadyJam:
     """The jam's interface to its runner, with segments ready at once (no model)."""
 
     def __init__(self, rate: int, channels: int, seconds: float) -> None:
-        from bridge.engine.jam import JamSettings  # noqa: PLC0415
+        from bridge.engine.jam import JamSettings
 
         self.engine = _Engine(rate, channels)
         self.settings = JamSettings(prompt="bench", bpm=120.0, bars=1)
@@ -48,7 +48,7 @@ class _ReadyJam:
         self._noise = np.random.default_rng(0).uniform(-0.5, 0.5, (channels, self._samples)).astype(np.float32)
 
     def next_segment(self, is_cancelled: Any = None) -> Any:
-        from bridge.engine.jam import Segment  # noqa: PLC0415
+        from bridge.engine.jam import Segment
 
         segment = Segment(index=self._index, start_sample=self._index * self._samples, audio=self._noise.copy(),
                           settings=self.settings, generation_seconds=0.001)
@@ -57,7 +57,7 @@ class _ReadyJam:
 
 
 def one(minutes: float, rate: int, channels: int, segment_seconds: float) -> dict[str, Any]:
-    from bridge.app.jam import run_jam  # noqa: PLC0415
+    from bridge.app.jam import run_jam
 
     jam = _ReadyJam(rate, channels, segment_seconds)
     with tempfile.TemporaryDirectory() as folder:
