@@ -5,7 +5,8 @@ The MIDI front end feeds :class:`MidiClock` what it receives, stamped on arrival
 a Song Position Pointer (in sixteenths) and Continue put it where the DAW's playhead is; each of the 24
 pulses a beat moves it on. Beats are counted from the song's start, so bar lines are whole multiples of
 ``beats_per_bar`` of the song, wherever playback was resumed. When a beat falls is a line fitted to the
-recent pulses' arrival times (one pulse's arrival jitters with the MIDI driver; the fit averages it).
+recent pulses' arrival times, along their lower edge (a pulse's arrival jitters with the MIDI driver and
+comes late on a busy machine, never early).
 
 It answers what :class:`bridge.app.link.BarClock` asks, so a ``sync midi`` jam runs exactly as a
 ``sync link`` one does (``bridge.app.jam_sync``).
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PULSES_PER_BEAT = 24
 FIT_PULSES = 96  # four beats of pulses for the line
+ON_TIME_NS = 2_000_000  # a pulse within 2 ms of the earliest arrivals' line is on time
+LOWER_EDGE_ROUNDS = 2  # 96 pulses: fits to 48, then 24
 TEMPO_DIGITS = 1
 TEMPO_STEP = 0.5  # bpm
 
@@ -89,15 +92,30 @@ class MidiClock:
             return self._running and len(self._pulses) > PULSES_PER_BEAT
 
     def _line(self) -> tuple[float, float, float]:
-        """(beat, ns, ns per beat) of the recent pulses' least-squares line."""
-        pulses = list(self._pulses)
+        """(beat, ns, ns per beat) of the line through the recent pulses that arrived on time.
+
+        A pulse arrives late, never early (a busy machine holds a few up and hands them over at once), so
+        the line is fitted to the lower edge of the arrivals: a least-squares fit, refitted to the earlier
+        half of the arrivals (``LOWER_EDGE_ROUNDS`` times), then to the pulses within ``ON_TIME_NS`` of the
+        earliest, and laid through the earliest. On a quiet machine
+        every pulse is on time and this is the plain least-squares line less the jitter's lower edge.
+        """
+        pulses = [(b, float(t)) for b, t in self._pulses]
         if len(pulses) < 2:
             raise LookupError("no MIDI clock yet")
-        beats = [b for b, _ in pulses]
-        times = [float(t) for _, t in pulses]
-        mb, mt = sum(beats) / len(beats), sum(times) / len(times)
-        den = sum((b - mb) ** 2 for b in beats)
-        slope = sum((b - mb) * (t - mt) for b, t in zip(beats, times, strict=True)) / den
+        mb, mt, slope = _fit(pulses)
+        keep = len(pulses)
+        for _ in range(LOWER_EDGE_ROUNDS):  # refit to the earlier half of the arrivals, then to the on-time ones
+            ranked = sorted(pulses, key=lambda p: p[1] - (mt + (p[0] - mb) * slope))
+            keep = max(PULSES_PER_BEAT // 2, keep // 2)
+            if len(ranked) <= keep:
+                break
+            mb, mt, slope = _fit(ranked[:keep])
+        residuals = [t - (mt + (b - mb) * slope) for b, t in pulses]
+        on_time = [p for p, r in zip(pulses, residuals, strict=True) if r <= min(residuals) + ON_TIME_NS]
+        if len(on_time) >= PULSES_PER_BEAT // 2:
+            mb, mt, slope = _fit(on_time)
+        mt += min(t - (mt + (b - mb) * slope) for b, t in pulses)
         return mb, mt, slope
 
     def now_ns(self) -> int:
@@ -138,3 +156,11 @@ class MidiClock:
 
     def caveat(self) -> str | None:
         return None
+
+
+def _fit(pulses: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(mean beat, mean ns, ns per beat): the least-squares line through (beat, ns) points."""
+    mb = sum(b for b, _ in pulses) / len(pulses)
+    mt = sum(t for _, t in pulses) / len(pulses)
+    den = sum((b - mb) ** 2 for b, _ in pulses)
+    return mb, mt, sum((b - mb) * (t - mt) for b, t in pulses) / den
