@@ -228,6 +228,21 @@ def test_a_slow_machine_s_pre_roll_for_a_long_jam_stops_at_the_horizon(tiny_engi
     assert player.events[0][0] == "start"
 
 
+def test_a_jam_whose_device_will_not_open_leaves_nothing_behind(tiny_engine, tmp_path):
+    from bridge.app.jam import run_jam
+    from bridge.errors import NoAudioDevice
+
+    class _NoDevice(_RecordingPlayer):
+        def open(self, record=False, start_seconds=None):
+            raise NoAudioDevice("no audio device")
+
+    folder = tmp_path / "jam"
+    jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
+    with pytest.raises(NoAudioDevice):
+        run_jam(jam, folder, should_stop=lambda: False, player=_NoDevice(), for_seconds=4.0)
+    assert list(folder.iterdir()) == []  # no take, no temporary
+
+
 def _fp32_jam(engine, **settings):
     return Jam(engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=5, top_k=50, **settings))
 

@@ -90,9 +90,9 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     began = time.monotonic()
     zero: float | None = None  # when the first segment was ready: the time the others are due from
     total = min(for_seconds, PREROLL_HORIZON) if for_seconds is not None else PREROLL_HORIZON
-    if player is not None:
-        player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)
     try:
+        if player is not None:
+            player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)
         while not should_stop() and (for_seconds is None or audio_seconds < for_seconds):
             if ahead_bars and player is None and zero is not None:
                 current = jam.settings

@@ -70,13 +70,9 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
     folder.mkdir(parents=True, exist_ok=True)
     rate = jam.engine.sample_rate
     take = JamTake(path=folder / "take.wav")
-    files = audio.StreamWriter([take.path], rate, jam.engine.channels)  # the take, to disk as it grows
     audio_seconds = 0.0
     began = time.monotonic()
     placer: _Placer | None = None
-    if player is not None:
-        player.open(record=record if record is not None else False, scheduled=True)
-        placer = _Placer(player, clock, rate, jam.engine.channels)
     caveat = clock.caveat()
     if caveat:
         say(caveat)
@@ -114,7 +110,11 @@ def run_synced_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], cloc
         return False
 
     played_out = False
+    files = audio.StreamWriter([take.path], rate, jam.engine.channels)  # the take, to disk as it grows
     try:
+        if player is not None:
+            player.open(record=record if record is not None else False, scheduled=True)
+            placer = _Placer(player, clock, rate, jam.engine.channels)
         while not should_stop() and (for_seconds is None or audio_seconds < for_seconds):
             playing = clock.playing()
             if was_playing and playing is False:  # the set stopped: silence now, come back on its next start
