@@ -116,12 +116,14 @@ def test_the_take_goes_to_disk_as_it_grows_and_is_put_in_place_whole(tiny_engine
     assert not list(folder.glob(".partial-*")) and not list(tmp_path.glob(".partial-*"))
 
 
-def test_a_jam_that_fails_leaves_no_take_and_no_temporary(tiny_engine, tmp_path):
+def test_a_jam_that_fails_leaves_no_take_and_no_temporary(tiny_engine, tmp_path, monkeypatch):
     from bridge.app.jam import run_jam
+    from bridge.engine.jam import Segment
 
     folder = tmp_path / "jam"
     jam = Jam(tiny_engine, JamSettings(prompt="lofi", bpm=120.0, bars=1, seed=2))
-    real, made = jam.next_segment, []
+    real = jam.next_segment
+    made: list[Segment] = []
 
     def next_segment(is_cancelled=None):
         if len(made) == 2:
@@ -129,7 +131,7 @@ def test_a_jam_that_fails_leaves_no_take_and_no_temporary(tiny_engine, tmp_path)
         made.append(real(is_cancelled=is_cancelled))
         return made[-1]
 
-    jam.next_segment = next_segment
+    monkeypatch.setattr(jam, "next_segment", next_segment)
     with pytest.raises(RuntimeError, match="the engine broke"):
         run_jam(jam, folder, should_stop=lambda: False, for_seconds=10.0)
     assert sorted(p.name for p in folder.iterdir()) == ["segment-0000.wav", "segment-0001.wav"]
