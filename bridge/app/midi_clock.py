@@ -97,8 +97,8 @@ class MidiClock:
         A pulse arrives late, never early (a busy machine holds a few up and hands them over at once), so
         the line is fitted to the lower edge of the arrivals: a least-squares fit, refitted to the earlier
         half of the arrivals (``LOWER_EDGE_ROUNDS`` times), then to the pulses within ``ON_TIME_NS`` of the
-        earliest, and laid through the earliest. On a quiet machine
-        every pulse is on time and this is the plain least-squares line less the jitter's lower edge.
+        earliest, and laid through the earliest. On a quiet machine every pulse is on time and this is
+        the plain least-squares line, moved to the lower edge of the jitter.
         """
         pulses = [(b, float(t)) for b, t in self._pulses]
         if len(pulses) < 2:

@@ -338,9 +338,8 @@ def write_atomic(path: Path, data: np.ndarray, rate: int, fmt: str = "wav") -> P
 class StreamWriter:
     """Audio written piece by piece to one or more files, each under a temporary name in its folder and
     renamed into place by :meth:`close`: memory stays one piece however long the stream runs (a jam's
-    take), and no reader ever sees half a file. :meth:`abort` (or an exception out of a ``with``
-    block) removes the temporaries; what a crash leaves is removed at the next start, as for
-    :func:`write_atomic`.
+    take), and no reader ever sees half a file. :meth:`abort` removes the temporaries; what a crash
+    leaves is removed at the next start, as for :func:`write_atomic`.
     """
 
     def __init__(self, paths: list[Path], rate: int, channels: int) -> None:
@@ -383,15 +382,6 @@ class StreamWriter:
         for handle, tmp in files:
             handle.close()
             tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> StreamWriter:
-        return self
-
-    def __exit__(self, kind: Any, _value: Any, _tb: Any) -> None:
-        if kind is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> Path:
