@@ -37,7 +37,7 @@ from bridge import audio, tempo
 from bridge.app.jam_sync import LEAD_PER_GENERATION, run_synced_jam
 from bridge.app.link import BarClock, LinkSession
 from bridge.app.midi_clock import MidiClock
-from bridge.app.output import PREROLL_HORIZON, OutputDevice
+from bridge.app.output import OutputDevice, preroll_target
 from bridge.app.results import Chunk, JamTake, JobResult
 from bridge.app.storage import check_output_folder
 from bridge.app.store import ResultStore
@@ -89,7 +89,7 @@ def run_jam(jam: Jam, folder: Path, should_stop: Callable[[], bool], player: Any
     queued = 0.0
     began = time.monotonic()
     zero: float | None = None  # when the first segment was ready: the time the others are due from
-    total = min(for_seconds, PREROLL_HORIZON) if for_seconds is not None else PREROLL_HORIZON
+    total = preroll_target(for_seconds)
     try:
         if player is not None:
             player.open(record=record if record is not None else False, start_seconds=_NEVER_BY_ITSELF)

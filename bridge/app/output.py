@@ -32,7 +32,21 @@ from bridge.errors import BridgeError, Busy, NoAudioDevice
 log = logging.getLogger(__name__)
 
 PREROLL_HORIZON = 60.0  # seconds a slow machine's jam pre-rolls to play without a gap (at most)
-PLAYER_BUFFER_SECONDS = PREROLL_HORIZON + 30.0  # room for that pre-roll
+_BUFFER_SLACK = 30.0  # seconds of device buffer beyond the longest pre-roll
+
+
+def preroll_target(for_seconds: float | None) -> float:
+    """Seconds a jam on a slow machine pre-rolls enough for to play without a gap: its length, at most
+    :data:`PREROLL_HORIZON` (an open-ended jam, or ``--for 7200``, aims at the first minute)."""
+    return PREROLL_HORIZON if for_seconds is None else min(for_seconds, PREROLL_HORIZON)
+
+
+def player_buffer_seconds(for_seconds: float | None = None) -> float:
+    """The device buffer a jam of ``for_seconds`` (None: open-ended) needs: room for its pre-roll."""
+    return preroll_target(for_seconds) + _BUFFER_SLACK
+
+
+PLAYER_BUFFER_SECONDS = player_buffer_seconds()
 
 
 class PlayerLike(Protocol):

@@ -318,14 +318,20 @@ def soft_limit(data: np.ndarray, ceiling: float = PEAK_CEILING) -> np.ndarray:
     return out
 
 
+def _temporary_beside(path: Path, suffix: str) -> str:
+    """An empty file named for ``path``'s folder's clean-up (``bridge.app.storage``) to find if a writer dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
 def write_atomic(path: Path, data: np.ndarray, rate: int, fmt: str = "wav") -> Path:
     """Write (channels, samples) audio under a temporary name in the same folder, then rename."""
     import soundfile as sf  # noqa: PLC0415
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     subtype = "FLOAT" if fmt == "wav" else "PCM_24"
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=f".{fmt}", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path, f".{fmt}")
     try:
         sf.write(tmp, np.ascontiguousarray(data.T), rate, subtype=subtype, format=fmt.upper())
         os.replace(tmp, path)
@@ -350,9 +356,7 @@ class StreamWriter:
         self._files: list[tuple[Any, Path]] = []
         try:
             for path in self.paths:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".wav", dir=path.parent)
-                os.close(fd)
+                tmp = _temporary_beside(path, ".wav")
                 try:
                     handle = sf.SoundFile(tmp, "w", rate, channels, subtype="FLOAT", format="WAV")
                 except BaseException:

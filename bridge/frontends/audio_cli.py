@@ -74,7 +74,7 @@ def _jam(args: argparse.Namespace) -> int:
     import dataclasses  # noqa: PLC0415
 
     from bridge.app.jobs import JobKind  # noqa: PLC0415
-    from bridge.app.output import PREROLL_HORIZON, OutputDevice  # noqa: PLC0415
+    from bridge.app.output import OutputDevice, player_buffer_seconds  # noqa: PLC0415
     from bridge.app.root import App  # noqa: PLC0415
     from bridge.app.storage import check_output_folder  # noqa: PLC0415
     from bridge.compute import Launcher  # noqa: PLC0415
@@ -86,8 +86,7 @@ def _jam(args: argparse.Namespace) -> int:
                       "it or record somewhere else")
     # room for the longest pre-roll a slow machine may need, started by the jam; the playback child is
     # started from a thread that keeps normal priority (the worker that opens it runs lowered)
-    horizon = min(args.for_seconds or PREROLL_HORIZON, PREROLL_HORIZON)  # `--for 7200` holds no 2 h buffer
-    output = OutputDevice(args.audio_device, buffer_seconds=horizon + 30.0,
+    output = OutputDevice(args.audio_device, buffer_seconds=player_buffer_seconds(args.for_seconds),
                           popen=Launcher().popen)
     check_output_folder(config.resolved_output_dir())  # refuse now, not after loading the model
     sys.stderr.write(f"loading {config.model} ...\n")
